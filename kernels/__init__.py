@@ -1,0 +1,1 @@
+"""Hand-written kernels (NumPy reference, Numba CPU, Numba CUDA); imported as mpidsgd.kernels."""
