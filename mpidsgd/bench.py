@@ -1,0 +1,29 @@
+"""`python -m mpidsgd.bench kernels|collectives|train`: speed measurements.
+
+Each subcommand lives in mpidsgd/benchmarks/<name>.py and exposes
+`register(subparsers)`, which adds its parser with `set_defaults(func=run)`.
+"""
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = ("kernels", "collectives", "train")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mpidsgd.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(f"mpidsgd.benchmarks.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"mpidsgd.benchmarks.{name}":
+                raise
+            continue
+        mod.register(sub)
+    args = parser.parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
