@@ -1,0 +1,81 @@
+"""Array backend: numpy or cupy behind `xp`, GPU binding, host staging for MPI.
+
+mpi4py only takes device arrays when MPI itself is CUDA-aware; that is an
+explicit switch (`comm.cuda_aware`, default off). Otherwise every device
+buffer that MPI touches is staged through a pinned host buffer.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def is_device_array(a) -> bool:
+    """True for arrays that live in GPU memory (CuPy, or a test double)."""
+    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+
+
+class Backend:
+    """`xp` plus the few device operations the rest of the code needs."""
+
+    def __init__(self, device: str = "cpu", cuda_aware: bool = False, local_rank: int = 0):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.device = device
+        self.cuda_aware = bool(cuda_aware)
+        self._pinned = {}
+        if device == "cuda":
+            import cupy  # imported only when asked for: CPU runs never need it
+            n = cupy.cuda.runtime.getDeviceCount()
+            if n == 0:
+                raise RuntimeError("device = 'cuda' but no GPU is visible")
+            # bind before any allocation: node-local rank modulo visible GPUs
+            self.gpu = local_rank % n
+            cupy.cuda.Device(self.gpu).use()
+            self.xp = cupy
+        else:
+            self.gpu = None
+            self.xp = np
+
+    # -- host <-> device ---------------------------------------------------
+    def asnumpy(self, a) -> np.ndarray:
+        """A host copy (or the array itself when it already is on the host)."""
+        if is_device_array(a):
+            return a.get()
+        return np.asarray(a)
+
+    def asarray(self, a, dtype=None):
+        """Move host data to this backend's memory."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def synchronize(self):
+        """Wait for queued device work; MPI must never read a buffer still being written."""
+        if self.device == "cuda":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def host_buffer(self, shape, dtype, slot=0):
+        """A reusable pinned host buffer for staging (plain memory on CPU)."""
+        dtype = np.dtype(dtype)
+        key = (slot, tuple(np.atleast_1d(shape)), dtype.str)
+        buf = self._pinned.get(key)
+        if buf is None:
+            if self.device == "cuda":
+                import cupyx
+                buf = cupyx.empty_pinned(shape, dtype)
+            else:
+                buf = np.empty(shape, dtype)
+            self._pinned[key] = buf
+        return buf
+
+    def needs_staging(self, a) -> bool:
+        """Device buffers go through host memory unless MPI is CUDA-aware."""
+        return is_device_array(a) and not self.cuda_aware
+
+    def stage_out(self, a, slot=0) -> np.ndarray:
+        """Copy a device buffer into a pinned host buffer for MPI to read."""
+        host = self.host_buffer(a.shape, a.dtype, slot)
+        a.get(out=host)
+        return host
+
+    def stage_in(self, host, a):
+        """Copy a host buffer MPI wrote back into the device buffer `a`."""
+        a.set(host)

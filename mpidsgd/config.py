@@ -1,0 +1,410 @@
+"""Typed run configuration: TOML file + `--set section.key=value` overrides.
+
+Every section is a dataclass whose fields carry their default and a one-line
+meaning (the `doc` metadata, also used to print the reference). Validation
+lives here, in one place; an invalid value raises ConfigError naming the key.
+Algorithm-specific keys live in the algorithm's own `Options` dataclass
+(algorithms/<name>.py) and are checked against it, so adding an algorithm
+never touches this file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the offending key."""
+
+
+def doc(default, text, **kw):
+    """A dataclass field with a default and a one-line meaning."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text, **kw})
+    return field(default=default, metadata={"doc": text, **kw})
+
+
+@dataclass
+class RunConfig:
+    seed: int = doc(0, "seed of every random stream (data, init, algorithm)")
+    steps: int = doc(0, "training steps per rank; 0 = use run.epochs")
+    epochs: float = doc(0.0, "epochs of the local shard when run.steps = 0")
+    eval_every: int = doc(100, "evaluate every this many steps (0 = only at the end)")
+    log_every: int = doc(10, "append a training record to metrics.jsonl every this many steps")
+    out_dir: str = doc("runs/latest", "output folder: config.toml, metrics.jsonl, summary.json")
+    dtype: str = doc("float32", "parameter and data dtype: float32 | float64")
+    device: str = doc("cpu", "cpu | cuda (one GPU per rank, bound by node-local rank)")
+    time_limit_s: float = doc(0.0, "stop after this many seconds (0 = no limit)")
+    progress: bool = doc(True, "rank 0 prints a progress line at each evaluation")
+
+    def validate(self):
+        _check(self.steps >= 0, "run.steps", "must be >= 0")
+        _check(self.epochs >= 0, "run.epochs", "must be >= 0")
+        _check(self.steps > 0 or self.epochs > 0, "run.steps", "set run.steps or run.epochs > 0")
+        _check(self.eval_every >= 0, "run.eval_every", "must be >= 0")
+        _check(self.log_every >= 1, "run.log_every", "must be >= 1")
+        _check(self.dtype in ("float32", "float64"), "run.dtype", "must be float32 or float64")
+        _check(self.device in ("cpu", "cuda"), "run.device", "must be cpu or cuda")
+        _check(self.time_limit_s >= 0, "run.time_limit_s", "must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    name: str = doc("synthetic", "synthetic | file")
+    task: str = doc("classification", "synthetic task: classification | regression")
+    path: str = doc("", "training file (.npz, .h5/.hdf5, .svm/.libsvm/.txt, IDX)")
+    labels_path: str = doc("", "IDX labels file (default: the sibling *-labels-idx1-ubyte*)")
+    test_path: str = doc("", "test file in the same format (default: a seeded split)")
+    test_fraction: float = doc(0.2, "share of the data held out for testing without test_path")
+    batch_size: int = doc(32, "per-rank mini-batch size")
+    normalize: bool = doc(True, "standardise features with statistics of the training set")
+    samples_per_rank: int = doc(0, "synthetic: training samples per rank (weak scaling); 0 = n_samples")
+    n_samples: int = doc(32768, "synthetic: total training samples (split over ranks)")
+    n_test: int = doc(8192, "synthetic: test samples")
+    n_features: int = doc(64, "synthetic: features per sample")
+    n_classes: int = doc(10, "synthetic classification: number of classes")
+    noise: float = doc(0.1, "synthetic: label noise (classification) or target noise std (regression)")
+
+    def validate(self):
+        _check(self.name in ("synthetic", "file"), "data.name", "must be synthetic or file")
+        _check(self.task in ("classification", "regression", "binary"), "data.task",
+               "must be classification, binary or regression")
+        _check(self.name != "file" or bool(self.path), "data.path", "is required when data.name = 'file'")
+        _check(0 < self.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
+        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _check(self.samples_per_rank >= 0, "data.samples_per_rank", "must be >= 0")
+        _check(self.n_samples >= 1, "data.n_samples", "must be >= 1")
+        _check(self.n_test >= 1, "data.n_test", "must be >= 1")
+        _check(self.n_features >= 1, "data.n_features", "must be >= 1")
+        _check(self.n_classes >= 2, "data.n_classes", "must be >= 2")
+        _check(self.noise >= 0, "data.noise", "must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    name: str = doc("mlp", "ridge | logreg | softmax | mlp | cnn")
+    hidden: list = doc([128], "mlp hidden layer widths", item=int)
+    channels: list = doc([8, 16], "cnn channels of the two conv blocks", item=int)
+    kernel: int = doc(3, "cnn convolution kernel size")
+    l2: float = doc(0.0, "L2 regularisation strength (part of the loss)")
+
+    def validate(self):
+        from .models import MODELS
+        _check(self.name in MODELS, "model.name", f"unknown model {self.name!r}; one of {sorted(MODELS)}")
+        _check(all(h >= 1 for h in self.hidden), "model.hidden", "widths must be >= 1")
+        _check(len(self.channels) == 2 and all(c >= 1 for c in self.channels),
+               "model.channels", "must be two positive channel counts")
+        _check(self.kernel >= 1 and self.kernel % 2 == 1, "model.kernel", "must be odd and >= 1")
+        _check(self.l2 >= 0, "model.l2", "must be >= 0")
+
+
+@dataclass
+class AlgoConfig:
+    name: str = doc("sgd", "training algorithm (registry name)")
+    lr: float = doc(0.1, "learning rate (peak value under a schedule)")
+    momentum: float = doc(0.0, "heavy-ball momentum of the local optimizer")
+    nesterov: bool = doc(False, "Nesterov momentum")
+    weight_decay: float = doc(0.0, "decoupled weight decay (SGD: added to the gradient)")
+    optimizer: str = doc("sgd", "local optimizer: sgd | adamw")
+    beta1: float = doc(0.9, "AdamW first-moment decay")
+    beta2: float = doc(0.999, "AdamW second-moment decay")
+    eps: float = doc(1e-8, "AdamW epsilon")
+    schedule: str = doc("constant", "learning-rate schedule: constant | warmup | cosine | step")
+    schedule_warmup: int = doc(0, "linear warm-up steps (warmup and cosine schedules)")
+    schedule_step_every: int = doc(1000, "step schedule: multiply lr by schedule_gamma every this many steps")
+    schedule_gamma: float = doc(0.1, "step schedule decay factor")
+    schedule_min_lr: float = doc(0.0, "cosine schedule: final learning rate")
+    options: object = field(default=None, metadata={"doc": "algorithm-specific options", "skip": True})
+
+    def validate(self):
+        from .algorithms import REGISTRY
+        _check(self.name in REGISTRY, "algo.name", f"unknown algorithm {self.name!r}; one of {sorted(REGISTRY)}")
+        _check(self.lr >= 0, "algo.lr", "must be >= 0")
+        _check(-1 < self.momentum < 1, "algo.momentum", "must be in (-1, 1)")
+        _check(self.weight_decay >= 0, "algo.weight_decay", "must be >= 0")
+        _check(self.optimizer in ("sgd", "adamw"), "algo.optimizer", "must be sgd or adamw")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "algo.beta1", "betas must be in [0, 1)")
+        _check(self.eps > 0, "algo.eps", "must be > 0")
+        _check(self.schedule in ("constant", "warmup", "cosine", "step"), "algo.schedule",
+               "must be constant, warmup, cosine or step")
+        _check(self.schedule_warmup >= 0, "algo.schedule_warmup", "must be >= 0")
+        _check(self.schedule_step_every >= 1, "algo.schedule_step_every", "must be >= 1")
+        _check(0 < self.schedule_gamma <= 1, "algo.schedule_gamma", "must be in (0, 1]")
+
+
+@dataclass
+class EmulateConfig:
+    alpha: float = doc(0.0, "emulated latency: seconds per message sent")
+    beta: float = doc(0.0, "emulated bandwidth: seconds per byte sent")
+    compute: str = doc("none", "extra compute delay per step: none | fixed | exponential")
+    compute_s: float = doc(0.0, "fixed delay, or the mean of the exponential delay, in seconds")
+    slow_ranks: list = doc([], "ranks that compute slower (stragglers)", item=int)
+    slowdown: float = doc(1.0, "compute-time factor of the slow ranks (3.0 = three times slower)")
+
+    def validate(self):
+        _check(self.alpha >= 0, "comm.emulate.alpha", "must be >= 0")
+        _check(self.beta >= 0, "comm.emulate.beta", "must be >= 0")
+        _check(self.compute in ("none", "fixed", "exponential"), "comm.emulate.compute",
+               "must be none, fixed or exponential")
+        _check(self.compute_s >= 0, "comm.emulate.compute_s", "must be >= 0")
+        _check(self.slowdown >= 1, "comm.emulate.slowdown", "must be >= 1")
+
+    @property
+    def active(self):
+        return self.alpha > 0 or self.beta > 0 or self.compute != "none" or bool(self.slow_ranks)
+
+
+@dataclass
+class CommConfig:
+    cuda_aware: bool = doc(False, "pass device buffers to MPI directly (needs CUDA-aware MPI)")
+    emulate: EmulateConfig = field(default_factory=EmulateConfig, metadata={"doc": "emulation"})
+
+    def validate(self):
+        self.emulate.validate()
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = doc("", "checkpoint folder (default: <run.out_dir>/checkpoints)")
+    every: int = doc(0, "write a checkpoint every this many steps (0 = never)")
+    keep_last: int = doc(3, "keep this many newest checkpoints (0 = keep all)")
+    allow_reshard: bool = doc(False, "resume at another world size, resetting per-rank state")
+
+    def validate(self):
+        _check(self.every >= 0, "checkpoint.every", "must be >= 0")
+        _check(self.keep_last >= 0, "checkpoint.keep_last", "must be >= 0")
+
+
+@dataclass
+class DebugConfig:
+    fail_at_step: int = doc(-1, "testing aid: raise an error at this step (-1 = never)")
+    fail_rank: int = doc(0, "testing aid: the rank that raises")
+    slow_checkpoint_s: float = doc(0.0, "testing aid: sleep this long inside each checkpoint write")
+
+
+SECTIONS = {"run": RunConfig, "data": DataConfig, "model": ModelConfig, "algo": AlgoConfig,
+            "comm": CommConfig, "checkpoint": CheckpointConfig, "debug": DebugConfig}
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def validate(self):
+        for name in SECTIONS:
+            sec = getattr(self, name)
+            if hasattr(sec, "validate"):
+                sec.validate()
+        from .algorithms import REGISTRY
+        opts = self.algo.options
+        if hasattr(opts, "validate"):
+            opts.validate(self)
+        algo_cls = REGISTRY[self.algo.name]
+        if hasattr(algo_cls, "check_config"):
+            algo_cls.check_config(self)
+        return self
+
+
+def _check(ok, key, msg):
+    if not ok:
+        raise ConfigError(f"{key} {msg}")
+
+
+# -- building from TOML tables ---------------------------------------------------
+def _coerce(key, value, ftype, meta):
+    """Check a TOML value against a field's type; ints are accepted as floats."""
+    if ftype is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if ftype is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if ftype is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if ftype is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if ftype is list:
+        item = meta.get("item", int)
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(f"{key}[{i}]", v, item, {}) for i, v in enumerate(value)]
+    if ftype is object:  # free-form (e.g. "auto" or a number)
+        return value
+    raise ConfigError(f"{key}: unsupported type {ftype}")
+
+
+def fill(cls, table: dict, prefix: str):
+    """Build dataclass `cls` from a TOML table, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if not f.metadata.get("skip")}
+    kwargs = {}
+    for key, value in table.items():
+        full = f"{prefix}.{key}"
+        if key not in known:
+            raise ConfigError(f"unknown config key {full}")
+        ftype = hints[key]
+        if dataclasses.is_dataclass(ftype):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full} must be a table")
+            kwargs[key] = fill(ftype, value, full)
+        else:
+            kwargs[key] = _coerce(full, value, ftype, known[key].metadata)
+    return cls(**kwargs)
+
+
+def from_dict(tables: dict) -> Config:
+    """Build and validate a Config from nested dicts (parsed TOML)."""
+    from .algorithms import REGISTRY
+    unknown = set(tables) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown config section [{sorted(unknown)[0]}]")
+    algo_table = dict(tables.get("algo", {}))
+    name = algo_table.get("name", AlgoConfig.name)
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ConfigError(f"algo.name: unknown algorithm {name!r}; one of {sorted(REGISTRY)}")
+    opt_cls = getattr(REGISTRY[name], "Options", None)
+    common = {f.name for f in fields(AlgoConfig)}
+    opt_table = {k: algo_table.pop(k) for k in list(algo_table) if k not in common}
+    for key in ("options",):
+        if key in algo_table:
+            raise ConfigError(f"unknown config key algo.{key}")
+    # algorithm options may override a common default (e.g. a different lr)
+    defaults = getattr(REGISTRY[name], "defaults", {})
+    algo_table = {**{k: v for k, v in defaults.items() if k not in algo_table}, **algo_table}
+    sections = {}
+    for sec, cls in SECTIONS.items():
+        sections[sec] = fill(cls, algo_table if sec == "algo" else tables.get(sec, {}), sec)
+    if opt_cls is None:
+        if opt_table:
+            raise ConfigError(f"unknown config key algo.{sorted(opt_table)[0]} (algorithm {name!r} has no such option)")
+        sections["algo"].options = None
+    else:
+        sections["algo"].options = fill(opt_cls, opt_table, "algo")
+    return Config(**sections).validate()
+
+
+def parse_set(items) -> dict:
+    """`section.key=value` strings -> nested dict; values are TOML literals
+    (a bare word that is not valid TOML is taken as a string)."""
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} must look like section.key=value")
+        path, raw = item.split("=", 1)
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        keys = path.strip().split(".")
+        if len(keys) < 2:
+            raise ConfigError(f"--set {item!r} must name section.key")
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return out
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(path=None, overrides=(), base: dict | None = None) -> Config:
+    """Config from an optional TOML file, then `--set` overrides, validated."""
+    tables = dict(base or {})
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                tables = merge(tables, tomllib.load(fh))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return from_dict(merge(tables, parse_set(overrides)))
+
+
+# -- writing the resolved config ---------------------------------------------------
+def to_dict(cfg: Config) -> dict:
+    """Nested dict of every key, defaults included (options merged into algo)."""
+    def conv(obj):
+        out = {}
+        for f in fields(obj):
+            if f.metadata.get("skip"):
+                continue
+            v = getattr(obj, f.name)
+            out[f.name] = conv(v) if dataclasses.is_dataclass(v) else v
+        return out
+    d = {sec: conv(getattr(cfg, sec)) for sec in SECTIONS}
+    if cfg.algo.options is not None:
+        d["algo"].update(conv(cfg.algo.options))
+    return d
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def dumps(cfg_or_dict) -> str:
+    """TOML text of a Config (or nested dict); loads back to the same Config."""
+    d = to_dict(cfg_or_dict) if isinstance(cfg_or_dict, Config) else cfg_or_dict
+    lines = []
+
+    def table(name, tbl):
+        scalars = {k: v for k, v in tbl.items() if not isinstance(v, dict)}
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+        lines.append("")
+        for k, v in tbl.items():
+            if isinstance(v, dict):
+                table(f"{name}.{k}", v)
+    for sec, tbl in d.items():
+        table(sec, tbl)
+    return "\n".join(lines)
+
+
+def reference() -> list:
+    """(key, default, meaning) rows of every common key, for --help and the README."""
+    rows = []
+
+    def walk(cls, prefix):
+        for f in fields(cls):
+            if f.metadata.get("skip"):
+                continue
+            hint = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(hint):
+                walk(hint, f"{prefix}.{f.name}")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{prefix}.{f.name}", default, f.metadata.get("doc", "")))
+    for sec, cls in SECTIONS.items():
+        walk(cls, sec)
+    return rows
