@@ -1,0 +1,142 @@
+"""The Algorithm interface, the registry, and what every algorithm shares:
+gradient computation with compute emulation, step budget, learning rate.
+
+Life of an algorithm (driven by train.py):
+
+    algo = REGISTRY[name](cfg, topo, backend, model, params, channel)
+    algo.plan(shard)                         # step budget from run.steps/epochs
+    while not algo.done(): info = algo.step(shard)
+    algo.finish()                            # drain traffic, build consensus
+    evaluate(algo.consensus_params())
+
+State for checkpoints is `state_dict()`: {"shared": {...}, "local": {...}} of
+arrays and scalars. "shared" is identical on every rank (written once);
+"local" differs per rank (gathered and written under /ranks/<r>/).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..optim import build_optimizer, schedule_from
+
+REGISTRY: dict = {}
+
+
+def register(cls):
+    """Class decorator: make `cls` available as algo.name = cls.name."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no registry name")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass
+class StepInfo:
+    """What one call of `step` did on this rank."""
+
+    loss: float | None = None      # local training loss of the batch (None: no gradient)
+    samples: int = 0               # gradient samples computed on this rank
+    extra: dict = field(default_factory=dict)
+
+
+class ComputeEmulation:
+    """Extra compute time per gradient: fixed or exponential delay, and a
+    slowdown factor for straggler ranks (3.0 = gradients take three times
+    as long there). Only wall time changes, never a number."""
+
+    def __init__(self, emu_cfg, rank: int, seed: int):
+        self.kind = emu_cfg.compute
+        self.mean = emu_cfg.compute_s
+        self.factor = emu_cfg.slowdown if rank in emu_cfg.slow_ranks else 1.0
+        self.rng = np.random.default_rng([seed, rank, 0xC0])
+        self.active = self.kind != "none" or self.factor != 1.0
+
+    def delay(self, measured_s: float) -> float:
+        extra = 0.0
+        if self.kind == "fixed":
+            extra = self.mean
+        elif self.kind == "exponential":
+            extra = float(self.rng.exponential(self.mean)) if self.mean > 0 else 0.0
+        extra = self.factor * extra + (self.factor - 1.0) * measured_s
+        if extra > 0:
+            time.sleep(extra)
+        return extra
+
+
+class Algorithm:
+    """Base class. Subclasses set `name`, optionally `Options` (a dataclass of
+    algorithm-specific config keys under [algo]) and `synchronous`."""
+
+    name = ""
+    Options = None
+    synchronous = True        # every rank runs the same steps and collectives
+    defaults: dict = {}       # overrides of common [algo] defaults for this algorithm
+
+    def __init__(self, cfg, topo, backend, model, params, channel):
+        self.cfg, self.topo, self.backend = cfg, topo, backend
+        self.model, self.params, self.channel = model, params, channel
+        self.opts = cfg.algo.options
+        self.xp = backend.xp
+        self.rank, self.size = channel.rank, channel.size
+        self.step_count = 0
+        self.samples = 0
+        self.total_steps = 0
+        self.grad = self.xp.zeros_like(params)
+        self.compute_emu = ComputeEmulation(cfg.comm.emulate, topo.rank, cfg.run.seed)
+        self.lr_at = None
+
+    # -- the interface -------------------------------------------------------------
+    def plan(self, shard):
+        """Fix the step budget (run.steps, or run.epochs of the shard)."""
+        run = self.cfg.run
+        self.total_steps = run.steps or max(1, math.ceil(run.epochs * shard.steps_per_epoch))
+        self.lr_at = schedule_from(self.cfg.algo, self.total_steps)
+
+    def step(self, shard) -> StepInfo:
+        raise NotImplementedError
+
+    def done(self) -> bool:
+        return self.step_count >= self.total_steps
+
+    def finish(self):
+        """Drain traffic in flight; afterwards consensus_params() is final."""
+
+    def consensus_params(self):
+        return self.params
+
+    def state_dict(self) -> dict:
+        return {"shared": {"params": self.params, "step": self.step_count},
+                "local": {"samples": self.samples}}
+
+    def load_state_dict(self, state: dict, reshard: bool = False):
+        """Restore; with `reshard` the local part is absent and stays fresh."""
+        self.params[...] = self.xp.asarray(state["shared"]["params"])
+        self.step_count = int(state["shared"]["step"])
+        if not reshard:
+            self.samples = int(state["local"]["samples"])
+
+    def summary(self) -> dict:
+        """Algorithm-specific fields for summary.json."""
+        return {}
+
+    # -- shared helpers ---------------------------------------------------------------
+    def lr(self) -> float:
+        return self.lr_at(self.step_count)
+
+    def make_optimizer(self, **overrides):
+        return build_optimizer(self.cfg.algo, self.params.size, self.params.dtype, self.xp,
+                               **overrides)
+
+    def compute_grad(self, params, X, y, grad) -> float:
+        """loss_grad plus emulated compute time; counts the samples."""
+        t0 = time.perf_counter() if self.compute_emu.active else 0.0
+        loss = self.model.loss_grad(params, X, y, grad)
+        if self.compute_emu.active:
+            self.backend.synchronize()
+            self.compute_emu.delay(time.perf_counter() - t0)
+        self.samples += int(X.shape[0])
+        return loss
