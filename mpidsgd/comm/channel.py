@@ -116,7 +116,8 @@ class Channel:
 
     def book(self, nbytes, messages):
         self.counters.add(self.label, nbytes, messages)
-        if self.emulate.active:
+        # the stop agreement is non-blocking and overlapped: no emulated cost
+        if self.emulate.active and self.label != "control":
             self.counters.emulated_s += self.emulate.charge(nbytes, messages)
 
     def split(self, color, key=None) -> "Channel | None":
@@ -253,3 +254,14 @@ class Channel:
         if done:
             done()
         return buf
+
+
+def agree_error(comm, message):
+    """Collective: every rank learns the first rank's error message (or None).
+
+    Used at start-up so that invalid input is decided the same way on every
+    rank, even when only one rank saw the problem (a file missing on one node).
+    Runs on the raw communicator: it precedes the Channel and books nothing.
+    """
+    msgs = comm.allgather(message)
+    return next((m for m in msgs if m), None)
