@@ -81,6 +81,10 @@ def setup(args, topo):
     """Config, backend, channel, data, model, algorithm: decided collectively."""
     from .comm.channel import agree_error
     err, cfg = None, None
+    expect = os.environ.get("MPIDSGD_EXPECT_WORLD_SIZE", "")
+    if expect and expect != str(topo.size):
+        fail_input(topo, f"MPI world size {topo.size} differs from MPIDSGD_EXPECT_WORLD_SIZE="
+                         f"{expect} (SLURM_NTASKS): is mpi4py built against the cluster's MPI?")
     try:
         cfg = C.load(args.config, args.overrides, base=None if args.config else QUICKSTART)
     except C.ConfigError as exc:
