@@ -1,0 +1,133 @@
+"""Linear models z = X·W + b: ridge, binary logistic and multinomial (softmax) regression.
+
+Their data gradient is X^T·D / B, where D holds each sample's derivative of its
+data loss with respect to its linear output z. Variance-reduced methods (SAGA,
+CentralVR) store D, one number (or C numbers) per sample, instead of a full
+gradient per sample; `sample_derivs` and `grad_from_derivs` expose that split:
+
+    loss_grad(params, X, y, grad)  leaves in grad
+    grad_from_derivs(X, sample_derivs(params, X, y), g) + l2·params
+"""
+from __future__ import annotations
+
+from math import prod
+
+from .base import Model, softmax_xent_
+
+
+class LinearModel(Model):
+    """z = X·W + b; subclasses give the per-sample loss and its derivative in z."""
+
+    n_linear = None            # None: one output, W of shape (d,), scalar b
+
+    def _build(self):
+        d = prod(self.input_shape)
+        k = self.n_linear
+        self.layout.add("W", (d,) if k is None else (d, k))
+        self.layout.add("b", () if k is None else (k,))
+
+    def _forward(self, params, X):
+        v = self.layout.views(params)
+        z = X @ v["W"]
+        z += v["b"]
+        return z
+
+    def _loss_derivs_(self, z, y):
+        """(mean data loss, D); may overwrite z to build D."""
+        raise NotImplementedError
+
+    def sample_derivs(self, params, X, y):
+        """Per-sample derivative D of the DATA loss (no L2) w.r.t. the linear output.
+
+        Shape (B,) for ridge and logreg, (B, C) for softmax; a new array each call.
+        """
+        self._check_flat(params, "params")
+        X = self._flat_input(X)
+        _, D = self._loss_derivs_(self._forward(params, X), self._targets(y))
+        return D
+
+    def grad_from_derivs(self, X, D, grad, scale=1.0):
+        """OVERWRITE grad with scale · mean over the batch of the data gradient implied by D.
+
+        grad_W = scale·X^T·D / B and grad_b = scale·sum(D) / B; no L2 term, so
+        loss_grad's gradient is this (scale=1) + l2·params. D may be a
+        difference of stored derivatives (SAGA-style corrections).
+        """
+        self._check_flat(grad, "grad")
+        X = self._flat_input(X)
+        D = self.xp.asarray(D, dtype=self.dtype)
+        v = self.layout.views(grad)
+        self.xp.matmul(X.T, D, out=v["W"])
+        D.sum(axis=0, out=v["b"])
+        grad *= scale / X.shape[0]
+
+    def _data_loss_grad(self, params, X, y, grad):
+        X = self._flat_input(X)
+        loss, D = self._loss_derivs_(self._forward(params, X), self._targets(y))
+        if grad is not None:
+            self.grad_from_derivs(X, D, grad)
+        return loss
+
+    def _targets(self, y):
+        return self.xp.asarray(y, dtype=self.dtype).reshape(-1)
+
+
+class Ridge(LinearModel):
+    """Linear regression, data loss ½·(x·w + b − y)²; with l2 this is ridge regression."""
+
+    name = "ridge"
+    task = "regression"
+
+    def _loss_derivs_(self, z, y):
+        z -= y                                  # residual r; dℓ/dz = r
+        return 0.5 * self.xp.mean(z * z), z
+
+    def predict(self, params, X):
+        """Predicted values, shape (B,)."""
+        return self._forward(params, self._flat_input(X))
+
+
+class LogReg(LinearModel):
+    """Binary logistic regression, labels {0, 1}; n_outputs is ignored.
+
+    ℓ(z, y) = log(1 + e^z) − y·z, evaluated as logaddexp(0, z) − y·z (no
+    overflow for any z); dℓ/dz = σ(z) − y with σ(z) = exp(z − logaddexp(0, z)).
+    """
+
+    name = "logreg"
+
+    def _loss_derivs_(self, z, y):
+        xp = self.xp
+        softplus = xp.logaddexp(0, z)
+        loss = xp.mean(softplus - y * z)
+        z -= softplus
+        xp.exp(z, out=z)
+        z -= y
+        return loss, z
+
+    def predict(self, params, X):
+        """Class ids in {0, 1}, shape (B,)."""
+        return (self._forward(params, self._flat_input(X)) > 0).astype(self.xp.int64)
+
+
+class Softmax(LinearModel):
+    """Multinomial logistic regression over n_outputs classes, integer labels."""
+
+    name = "softmax"
+
+    def _build(self):
+        if self.n_outputs < 2:
+            raise ValueError(f"softmax needs n_outputs >= 2, got {self.n_outputs}")
+        self.n_linear = self.n_outputs
+        super()._build()
+
+    def _loss_derivs_(self, z, y):
+        loss = softmax_xent_(z, y, self.xp)     # z becomes softmax(z) - onehot(y)
+        return loss, z
+
+    def predict(self, params, X):
+        """Class ids, shape (B,)."""
+        return self._forward(params, self._flat_input(X)).argmax(axis=1)
+
+    def _targets(self, y):
+        return self._labels(y)
