@@ -1,0 +1,38 @@
+"""Flat-buffer models with hand-written backward, picked by name.
+
+    model = build_model("mlp", input_shape=(784,), n_outputs=10, hidden=(128,))
+    params = model.zeros(); model.init(params, numpy.random.default_rng(0))
+    grad = model.zeros();   loss = model.loss_grad(params, X, y, grad)
+"""
+from __future__ import annotations
+
+import numpy
+
+from .base import Model
+from .cnn import CNN
+from .linear import LinearModel, LogReg, Ridge, Softmax
+from .mlp import MLP
+
+MODELS = {cls.name: cls for cls in (Ridge, LogReg, Softmax, MLP, CNN)}
+
+__all__ = ["MODELS", "build_model", "Model", "LinearModel", "Ridge", "LogReg", "Softmax", "MLP", "CNN"]
+
+
+def build_model(name, *, input_shape, n_outputs, hidden=(64,), channels=(8, 16), kernel=3,
+                l2=0.0, dtype="float32", xp=numpy) -> Model:
+    """Build the model registered as `name`.
+
+    input_shape: (d,) for vectors or (C, H, W) for images (cnn needs 3-D; the
+    others flatten it). n_outputs: number of classes (softmax, mlp, cnn);
+    ignored by ridge and logreg. hidden: mlp hidden sizes. channels, kernel:
+    cnn conv blocks and kernel size. l2: L2 strength in loss and gradient.
+    dtype: "float32" or "float64" for params, gradients and work arrays.
+    xp: array module, numpy or cupy.
+    """
+    try:
+        cls = MODELS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}") from None
+    arch = {"hidden": hidden, "channels": channels, "kernel": kernel}
+    opts = {k: arch[k] for k in cls.arch_options}
+    return cls(input_shape, n_outputs, l2=l2, dtype=dtype, xp=xp, **opts)
