@@ -1,0 +1,103 @@
+"""Datasets: synthetic or from files, sharded over ranks, batched per rank.
+
+    dataset = load_data(cfg, channel, backend)     # collective
+    X, y, idx = dataset.train.next_batch()
+
+Every rank holds a contiguous, disjoint shard of the training set (rank r
+gets [r*N/P, (r+1)*N/P), or [r*S, (r+1)*S) with data.samples_per_rank = S)
+and the same kind of slice of the test set, so evaluation counts can be
+allreduced. Collectives (error agreement, labels, normalisation statistics,
+steps per epoch) are booked under the channel phase `setup`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import synthetic
+from .collective import agree_errors, agree_labels, agree_steps
+from .files import Local, read_local
+from .normalize import feature_stats, standardize
+from .shard import Shard, shard_range
+
+__all__ = ["Dataset", "Shard", "load_data", "shard_range"]
+
+
+@dataclass
+class Dataset:
+    """What training needs to know about the data, on this rank."""
+
+    train: Shard              # this rank's training shard
+    test_X: object            # this rank's disjoint slice of the test set (backend array)
+    test_y: object
+    input_shape: tuple        # (d,) or (C, H, W)
+    n_outputs: int            # classes; 1 for binary and regression
+    task: str                 # "classification" | "binary" | "regression"
+    n_train: int              # training samples over all ranks
+    n_test: int               # test samples over all ranks
+    classes: np.ndarray | None = None   # file labels of classes 0..C-1 (None: synthetic/regression)
+    mean: np.ndarray | None = None      # normalisation statistics (None: off)
+    std: np.ndarray | None = None
+
+
+def synthetic_local(cfg, rank: int, size: int) -> Local:
+    """This rank's chunks of the synthetic training and test sets."""
+    d = cfg.data
+    if d.samples_per_rank > 0:       # weak scaling: a fixed shard per rank
+        n_train = d.samples_per_rank * size
+        lo, hi = rank * d.samples_per_rank, (rank + 1) * d.samples_per_rank
+    else:
+        n_train = d.n_samples
+        lo, hi = shard_range(n_train, rank, size)
+    tlo, thi = shard_range(d.n_test, rank, size)
+    teacher = synthetic.Teacher(cfg.run.seed, d.task, d.n_features, d.n_classes)
+    X, y = synthetic.generate(d, cfg.run.seed, lo, hi, "train", teacher)
+    tX, ty = synthetic.generate(d, cfg.run.seed, tlo, thi, "test", teacher)
+    return Local(X, y, np.arange(lo, hi, dtype=np.int64), tX, ty,
+                 (d.n_features,), n_train, d.n_test)
+
+
+def _labels(cfg, local, channel):
+    """(task, n_outputs, classes); file labels are mapped to 0..C-1 in place."""
+    if cfg.data.name == "synthetic":
+        task = cfg.data.task
+        return task, (cfg.data.n_classes if task == "classification" else 1), None
+    classes = agree_labels([local.y, local.test_y], channel, "data.path")
+    if classes is None:
+        return "regression", 1, None
+    local.y = np.searchsorted(classes, np.asarray(local.y, dtype=np.float64))
+    local.test_y = np.searchsorted(classes, np.asarray(local.test_y, dtype=np.float64))
+    if len(classes) == 2 and cfg.model.name == "logreg":
+        return "binary", 1, classes
+    return "classification", len(classes), classes
+
+
+def load_data(cfg, channel, backend) -> Dataset:
+    """Build this rank's Dataset. Collective over `channel`.
+
+    Invalid data (missing or malformed file, inconsistent arrays, a shard
+    smaller than one batch, ...) raises ConfigError with the same one-line
+    message on every rank.
+    """
+    reader = synthetic_local if cfg.data.name == "synthetic" else read_local
+    local = agree_errors(channel, lambda: reader(cfg, channel.rank, channel.size))
+    task, n_outputs, classes = _labels(cfg, local, channel)
+    mean = std = None
+    if cfg.data.normalize:
+        mean, std = feature_stats(local.X, channel)
+        local.X = standardize(local.X, mean, std)
+        local.test_X = standardize(local.test_X, mean, std)
+    steps = agree_steps(len(local.ids), cfg.data.batch_size, channel)
+
+    # cast once to the run's dtype and move to the device
+    dtype = np.dtype(cfg.run.dtype)
+    ydtype = dtype if task == "regression" else np.int64
+
+    def put(a, t):
+        return backend.asarray(np.ascontiguousarray(a, dtype=t))
+
+    shard = Shard(put(local.X, dtype), put(local.y, ydtype), local.ids, cfg.data.batch_size,
+                  steps, seed=cfg.run.seed, rank=channel.rank, backend=backend)
+    return Dataset(shard, put(local.test_X, dtype), put(local.test_y, ydtype), local.input_shape,
+                   n_outputs, task, local.n_train, local.n_test, classes, mean, std)

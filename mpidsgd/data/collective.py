@@ -1,0 +1,73 @@
+"""The few collective decisions of data loading, all booked under `setup`.
+
+Each returns the same value (or raises the same ConfigError) on every rank of
+the channel, so no rank ever leaves data loading alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from ..config import ConfigError
+
+MESSAGE_BYTES = 1024   # longest error message passed between ranks
+
+
+def agree_errors(channel, fn):
+    """Run `fn()` on every rank; if it raised ConfigError anywhere, raise the
+    message of the lowest failing rank on every rank. Other exceptions (bugs)
+    propagate as they are: the job aborts."""
+    msg = None
+    try:
+        out = fn()
+    except ConfigError as e:
+        out, msg = None, str(e)
+    with channel.phase("setup"):
+        first, = channel.allreduce_values([channel.size if msg is None else channel.rank], op=MPI.MIN)
+        first = int(first)
+        if first < channel.size:
+            buf = np.zeros(MESSAGE_BYTES, dtype=np.uint8)
+            if channel.rank == first:
+                raw = msg.encode("utf-8")[:MESSAGE_BYTES]
+                buf[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+            channel.Bcast(buf, root=first)
+            raise ConfigError(buf.tobytes().rstrip(b"\0").decode("utf-8", errors="ignore"))
+    return out
+
+
+def agree_steps(n_local: int, batch_size: int, channel) -> int:
+    """Steps per epoch, the same on every rank: min over ranks of floor(n_k / B).
+
+    Raises ConfigError on every rank when some shard holds less than one batch.
+    """
+    with channel.phase("setup"):
+        steps, smallest = channel.allreduce_values([n_local // batch_size, n_local], op=MPI.MIN)
+    if steps < 1:
+        raise ConfigError(f"data.batch_size {batch_size} is larger than the smallest shard "
+                          f"({int(smallest)} samples on some rank); lower it or use fewer ranks")
+    return int(steps)
+
+
+def agree_labels(ys, channel, key="data.path"):
+    """Decide the label kind over all ranks' label arrays `ys`.
+
+    Returns None when some label anywhere is not an integer (regression
+    targets), else the sorted unique labels of all ranks (float64): class c
+    is the c-th of them.
+    """
+    y = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in ys])
+    with channel.phase("setup"):
+        real, = channel.allreduce_values([float(np.any(y != np.floor(y)))], op=MPI.MAX)
+        if real:
+            return None
+        # the union of every rank's classes: an allgather padded with NaN
+        mine = np.unique(y)
+        width, = channel.allreduce_values([len(mine)], op=MPI.MAX)
+        send = np.full(int(width), np.nan)
+        send[:len(mine)] = mine
+        recv = np.empty((channel.size, int(width)))
+        channel.Allgather(send, recv)
+    classes = np.unique(recv[~np.isnan(recv)])
+    if len(classes) < 2:
+        raise ConfigError(f"{key}: every label is {classes[0]:g}; classification needs two classes or more")
+    return classes
