@@ -1,0 +1,337 @@
+"""Data: synthetic determinism, file formats, labels, errors, shard batching.
+
+Serial tests; one rank calls the per-rank builders for every rank of a
+pretend world, or load_data on a COMM_SELF channel. The MPI side (disjoint
+shards, agreed steps, collective statistics) is in test_data_mpi.py.
+"""
+import gzip
+
+import h5py
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpidsgd.backend import Backend
+from mpidsgd.comm.channel import Channel
+from mpidsgd.config import Config, ConfigError
+from mpidsgd.data import Shard, load_data, shard_range, synthetic, synthetic_local
+from mpidsgd.data.files import split_rows
+from mpidsgd.data.formats import sibling_labels
+
+
+def make_cfg(**data):
+    cfg = Config()
+    for k, v in data.items():
+        setattr(cfg.data, k, v)
+    return cfg
+
+
+def load(cfg):
+    return load_data(cfg, Channel(MPI.COMM_SELF), Backend("cpu"))
+
+
+# -- synthetic ----------------------------------------------------------------
+@pytest.mark.parametrize("task", ["classification", "binary", "regression"])
+def test_synthetic_sample_i_is_the_same_for_every_world_size(task):
+    cfg = make_cfg(task=task, n_samples=5000, n_test=3000, n_features=7)
+    full = synthetic_local(cfg, 0, 1)
+    for P in (2, 3, 5):
+        parts = [synthetic_local(cfg, r, P) for r in range(P)]
+        assert np.array_equal(np.concatenate([p.X for p in parts]), full.X)
+        assert np.array_equal(np.concatenate([p.y for p in parts]), full.y)
+        assert np.array_equal(np.concatenate([p.ids for p in parts]), np.arange(5000))
+        assert np.array_equal(np.concatenate([p.test_X for p in parts]), full.test_X)
+    # any slice, across chunk boundaries, equals the same rows of the whole
+    for a, b in [(0, 1), (1000, 1100), (1023, 1025), (2047, 4100)]:
+        X, y = synthetic.generate(cfg.data, 0, a, b)
+        assert np.array_equal(X, full.X[a:b]) and np.array_equal(y, full.y[a:b])
+
+
+def test_synthetic_is_deterministic_by_seed_and_splits_differ():
+    cfg = make_cfg(n_samples=2000, n_test=500)
+    a, b = synthetic.generate(cfg.data, 3, 0, 2000), synthetic.generate(cfg.data, 3, 0, 2000)
+    c = synthetic.generate(cfg.data, 4, 0, 2000)
+    t = synthetic.generate(cfg.data, 3, 0, 500, "test")
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.allclose(a[0], c[0])
+    assert not np.allclose(a[0][:500], t[0])
+
+
+def test_synthetic_classification_labels_noise_and_balance():
+    cfg = make_cfg(n_samples=20000, noise=0.2)
+    teacher = synthetic.Teacher(0, "classification", 64, 10)
+    X, y = synthetic.generate(cfg.data, 0, 0, 20000, teacher=teacher)
+    Xc, yc = synthetic.generate(make_cfg(noise=0.0).data, 0, 0, 20000)
+    assert np.array_equal(X, Xc)                       # noise never moves the inputs
+    changed = np.mean(y != yc)
+    assert 0.2 * 0.9 - 0.02 < changed < 0.2 * 0.9 + 0.02   # a uniform redraw keeps 1/C
+    freq = np.bincount(y, minlength=10) / len(y)
+    assert y.dtype == np.int64 and freq.min() > 0.07 and freq.max() < 0.13
+    # the test split is noise-free whatever data.noise says
+    _, ty = synthetic.generate(cfg.data, 0, 0, 3000, "test")
+    _, ty0 = synthetic.generate(make_cfg(noise=0.0).data, 0, 0, 3000, "test")
+    assert np.array_equal(ty, ty0)
+
+
+def test_synthetic_binary_and_regression_tasks():
+    Xb, yb = synthetic.generate(make_cfg(task="binary", noise=0.0).data, 0, 0, 4000)
+    assert set(np.unique(yb)) == {0, 1} and 0.4 < yb.mean() < 0.6
+    cfg = make_cfg(task="regression", noise=0.5)
+    X, y = synthetic.generate(cfg.data, 0, 0, 4000)
+    X0, y0 = synthetic.generate(make_cfg(task="regression", noise=0.0).data, 0, 0, 4000)
+    assert y.dtype == np.float64 and np.array_equal(X, X0)
+    assert 0.4 < np.std(y - y0) < 0.6
+    w = np.linalg.lstsq(X0, y0, rcond=None)[0]
+    assert np.allclose(X0 @ w, y0)                     # y = X w* exactly without noise
+
+
+def test_weak_scaling_gives_each_rank_its_own_range():
+    cfg = make_cfg(samples_per_rank=700, n_test=100)
+    parts = [synthetic_local(cfg, r, 3) for r in range(3)]
+    assert all(p.n_train == 2100 for p in parts)
+    assert np.array_equal(parts[2].ids, np.arange(1400, 2100))
+    X, _ = synthetic.generate(cfg.data, 0, 1400, 2100)
+    assert np.array_equal(parts[2].X, X)
+
+
+def test_load_data_synthetic_defaults():
+    cfg = make_cfg(n_samples=3000, n_test=1000, n_features=5)
+    cfg.run.dtype = "float64"
+    ds = load(cfg)
+    assert ds.task == "classification" and ds.n_outputs == 10 and ds.input_shape == (5,)
+    assert ds.n_train == 3000 and ds.n_test == 1000 and len(ds.test_y) == 1000
+    assert ds.train.X.dtype == np.float64 and ds.train.y.dtype == np.int64
+    assert np.allclose(ds.train.X.mean(0), 0, atol=1e-12) and np.allclose(ds.train.X.std(0), 1)
+    assert ds.train.steps_per_epoch == 3000 // 32
+    assert load(make_cfg(task="binary", n_samples=200)).n_outputs == 1
+
+
+# -- files ----------------------------------------------------------------------
+def data(n=40, d=3, labels=(2, 5, 9), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)), np.asarray(labels)[rng.integers(0, len(labels), n)]
+
+
+def write_libsvm(path, X, y, compress=False):
+    lines = [f"{y[i]:g} " + " ".join(f"{j + 1}:{float(X[i, j])!r}" for j in range(X.shape[1]) if X[i, j])
+             for i in range(len(y))]
+    text = ("# comment line\n" + "\n".join(lines) + "\n").encode()
+    (gzip.open if compress else open)(path, "wb").write(text)
+
+
+def write_idx(path, arr, compress=False):
+    codes = {np.dtype("u1"): 0x08, np.dtype(">f4"): 0x0D}
+    head = bytes([0, 0, codes[arr.dtype], arr.ndim]) + np.array(arr.shape, ">u4").tobytes()
+    (gzip.open if compress else open)(path, "wb").write(head + arr.tobytes())
+
+
+def file_cfg(path, test_path, **kw):
+    return make_cfg(**{"name": "file", "path": str(path), "test_path": str(test_path),
+                       "normalize": False, "batch_size": 4, **kw})
+
+
+@pytest.mark.parametrize("fmt", ["npz", "h5", "libsvm", "libsvm.gz"])
+def test_vector_formats_round_trip(tmp_path, fmt):
+    (X, y), (tX, ty) = data(), data(n=11, seed=1)
+    X[3, 1] = tX[2, 2] = 0.0                          # sparse entries in text formats
+    for p, a, b in [("train", X, y), ("test", tX, ty)]:
+        path = tmp_path / f"{p}.{fmt}"
+        if fmt == "npz":
+            np.savez(path, X=a, y=b)
+        elif fmt == "h5":
+            with h5py.File(path, "w") as f:
+                f["X"], f["y"] = a, b
+        else:
+            write_libsvm(path, a, b, compress=fmt.endswith(".gz"))
+    ds = load(file_cfg(tmp_path / f"train.{fmt}", tmp_path / f"test.{fmt}"))
+    assert ds.input_shape == (3,) and ds.n_train == 40 and ds.n_test == 11
+    assert np.allclose(ds.train.X, X.astype(np.float32))
+    assert np.allclose(ds.test_X, tX.astype(np.float32))
+    assert list(ds.classes) == [2, 5, 9] and ds.n_outputs == 3 and ds.task == "classification"
+    assert np.array_equal(ds.train.y, np.searchsorted([2, 5, 9], y))
+    assert np.array_equal(ds.test_y, np.searchsorted([2, 5, 9], ty))
+
+
+def test_libsvm_test_file_with_more_features_widens_both(tmp_path):
+    (tmp_path / "a.svm").write_text("1 1:1 2:2\n-1 2:3\n0 1:1\n1 2:1\n")
+    (tmp_path / "b.svm").write_text("1 qid:3 4:5\n")
+    ds = load(file_cfg(tmp_path / "a.svm", tmp_path / "b.svm", batch_size=1))
+    assert ds.input_shape == (4,) and np.array_equal(ds.test_X, [[0, 0, 0, 5]])
+    assert np.array_equal(ds.train.X[1], [0, 3, 0, 0])
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_images_round_trip(tmp_path, compress):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (30, 4, 5), dtype=np.uint8)
+    labels = rng.integers(0, 10, 30).astype(np.uint8)
+    gz = ".gz" if compress else ""
+    write_idx(tmp_path / f"train-images-idx3-ubyte{gz}", imgs, compress)
+    write_idx(tmp_path / f"train-labels-idx1-ubyte{gz}", labels, compress)
+    write_idx(tmp_path / f"t10k-images-idx3-ubyte{gz}", imgs[:7], compress)
+    write_idx(tmp_path / f"t10k-labels-idx1-ubyte{gz}", labels[:7], compress)
+    cfg = file_cfg(tmp_path / f"train-images-idx3-ubyte{gz}", tmp_path / f"t10k-images-idx3-ubyte{gz}")
+    ds = load(cfg)
+    assert ds.input_shape == (1, 4, 5) and ds.train.X.shape == (30, 1, 4, 5)
+    assert np.allclose(ds.train.X[:, 0], imgs / 255.0) and np.allclose(ds.test_X[:, 0], imgs[:7] / 255.0)
+    classes = np.unique(labels)
+    assert np.array_equal(ds.train.y, np.searchsorted(classes, labels))
+    # normalised: one mean and std per channel, not per pixel
+    cfg.data.normalize = True
+    ds = load(cfg)
+    assert ds.mean.shape == (1,) and np.isclose(ds.mean[0], (imgs / 255.0).mean())
+    assert np.isclose(float(ds.train.X.std()), 1.0, atol=1e-5)
+
+
+def test_sibling_labels_names():
+    assert sibling_labels("/d/train-images-idx3-ubyte.gz") == "/d/train-labels-idx1-ubyte.gz"
+    assert sibling_labels("/d/t10k-images.idx3-ubyte") == "/d/t10k-labels.idx1-ubyte"
+    assert sibling_labels("/d/pictures.idx") is None
+
+
+def test_seeded_split_is_fixed_and_complete(tmp_path):
+    X, y = data(n=50)
+    X[:, 0] = np.arange(50)                            # column 0 = the file row
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    cfg = make_cfg(name="file", path=str(tmp_path / "d.npz"), test_fraction=0.2,
+                   normalize=False, batch_size=4)
+    cfg.run.dtype = "float64"
+    ds = load(cfg)
+    train, test = split_rows(50, 0.2, 0, "d")
+    assert ds.n_train == 40 and ds.n_test == 10
+    assert np.array_equal(ds.train.X[:, 0], train) and np.array_equal(ds.test_X[:, 0], test)
+    assert sorted(np.concatenate([train, test])) == list(range(50))
+    cfg.run.seed = 1
+    assert not np.array_equal(load(cfg).test_X[:, 0], test)
+
+
+def test_label_rules(tmp_path):
+    X, _ = data(n=20)
+    ypm = np.where(np.arange(20) % 2, 1.0, -1.0)
+    np.savez(tmp_path / "pm.npz", X=X, y=ypm)
+    np.savez(tmp_path / "reg.npz", X=X, y=np.linspace(0, 1, 20))
+    cfg = make_cfg(name="file", path=str(tmp_path / "pm.npz"), batch_size=2)
+    ds = load(cfg)
+    assert ds.task == "classification" and ds.n_outputs == 2 and set(np.unique(ds.train.y)) <= {0, 1}
+    cfg.model.name = "logreg"
+    ds = load(cfg)
+    assert ds.task == "binary" and ds.n_outputs == 1 and list(ds.classes) == [-1, 1]
+    cfg.data.path = str(tmp_path / "reg.npz")
+    ds = load(cfg)
+    assert ds.task == "regression" and ds.n_outputs == 1 and ds.train.y.dtype == np.float32
+
+
+# -- errors -----------------------------------------------------------------------
+def bad(cfg, *words):
+    with pytest.raises(ConfigError) as e:
+        load(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_errors_name_the_key_and_file(tmp_path):
+    X, y = data(n=20)
+    bad(make_cfg(name="file", path=str(tmp_path / "none.npz")), "data.path", "none.npz", "does not exist")
+    np.savez(tmp_path / "noy.npz", X=X)
+    bad(make_cfg(name="file", path=str(tmp_path / "noy.npz")), "data.path", "'y'")
+    np.savez(tmp_path / "len.npz", X=X, y=y[:-1])
+    bad(make_cfg(name="file", path=str(tmp_path / "len.npz")), "data.path", "20", "19")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    bad(make_cfg(name="file", path=str(tmp_path / "junk.npz")), "junk.npz", "cannot read")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    bad(make_cfg(name="file", path=str(tmp_path / "junk.h5")), "junk.h5", "HDF5")
+    (tmp_path / "bad.svm").write_text("1 1:2 3:4\n0 2:x\n")
+    bad(make_cfg(name="file", path=str(tmp_path / "bad.svm")), "bad.svm", "line 2", "'x'")
+    (tmp_path / "bad2.svm").write_text("1 1:2\n\n0 2-3\n")
+    bad(make_cfg(name="file", path=str(tmp_path / "bad2.svm")), "line 3", "idx:value")
+    (tmp_path / "bad3.svm").write_text("1 0:2\n")
+    bad(make_cfg(name="file", path=str(tmp_path / "bad3.svm")), "line 1", "index")
+    np.savez(tmp_path / "ok.npz", X=X, y=y)
+    bad(make_cfg(name="file", path=str(tmp_path / "ok.npz"), test_path=str(tmp_path / "t.npz")),
+        "data.test_path", "t.npz")
+    np.savez(tmp_path / "wide.npz", X=np.zeros((5, 4)), y=np.zeros(5))
+    bad(make_cfg(name="file", path=str(tmp_path / "ok.npz"), test_path=str(tmp_path / "wide.npz")),
+        "data.test_path", "shape")
+    Xn = X.copy()
+    Xn[0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", X=Xn, y=y)
+    bad(make_cfg(name="file", path=str(tmp_path / "nan.npz")), "nan.npz", "NaN")
+    np.savez(tmp_path / "one.npz", X=X, y=np.ones(20))
+    bad(make_cfg(name="file", path=str(tmp_path / "one.npz")), "data.path", "two classes")
+    bad(make_cfg(name="file", path=str(tmp_path / "ok.npz"), batch_size=17), "data.batch_size", "16")
+    bad(make_cfg(n_samples=10, batch_size=32), "data.batch_size")
+
+
+def test_idx_errors(tmp_path):
+    imgs = np.zeros((6, 2, 2), np.uint8)
+    write_idx(tmp_path / "x-images-idx3-ubyte", imgs)
+    bad(make_cfg(name="file", path=str(tmp_path / "x-images-idx3-ubyte")),
+        "x-labels-idx1-ubyte", "data.labels_path")
+    write_idx(tmp_path / "x-labels-idx1-ubyte", np.zeros(5, np.uint8))
+    bad(make_cfg(name="file", path=str(tmp_path / "x-images-idx3-ubyte")), "6", "5")
+    raw = (tmp_path / "x-images-idx3-ubyte").read_bytes()
+    (tmp_path / "cut-images-idx3-ubyte").write_bytes(raw[:-3])
+    bad(make_cfg(name="file", path=str(tmp_path / "cut-images-idx3-ubyte"),
+                 labels_path=str(tmp_path / "x-labels-idx1-ubyte")), "truncated")
+
+
+# -- shard ------------------------------------------------------------------------
+def make_shard(n=100, B=32, seed=0, rank=0):
+    X = np.arange(n, dtype=np.float64)[:, None] * np.ones((1, 2))
+    return Shard(X, np.arange(n), np.arange(n) + 1000, B, n // B, seed=seed, rank=rank)
+
+
+def test_shard_ranges_are_disjoint_and_complete():
+    for n in (0, 1, 7, 100):
+        for P in range(1, 6):
+            bounds = [shard_range(n, r, P) for r in range(P)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(bounds[r][1] == bounds[r + 1][0] for r in range(P - 1))
+
+
+def test_next_batch_drops_the_last_partial_batch_and_wraps():
+    s = make_shard(n=100, B=32)
+    assert s.steps_per_epoch == 3
+    seen = []
+    for _ in range(3):
+        X, y, idx = s.next_batch()
+        assert X.shape == (32, 2) and np.array_equal(y, idx) and np.array_equal(X[:, 0], idx)
+        seen.append(idx)
+    seen = np.concatenate(seen)
+    assert len(np.unique(seen)) == 96 and (s.epoch, s.pos) == (1, 0) and s.epochs_done == 1.0
+    nxt = s.next_batch()[2]
+    assert not np.array_equal(nxt, seen[:32])          # a new permutation each epoch
+    assert (s.epoch, s.pos) == (1, 1)
+
+
+def test_shuffle_depends_on_seed_epoch_and_rank_only():
+    a, b = make_shard(), make_shard()
+    assert all(np.array_equal(a.next_batch()[2], b.next_batch()[2]) for _ in range(7))
+    assert not np.array_equal(make_shard(seed=1).next_batch()[2], make_shard().next_batch()[2])
+    assert not np.array_equal(make_shard(rank=1).next_batch()[2], make_shard().next_batch()[2])
+
+
+@pytest.mark.parametrize("k", [0, 2, 3, 5])
+def test_resume_from_state_dict_reproduces_the_next_batches(k):
+    s = make_shard()
+    for _ in range(k):
+        s.next_batch()
+    state = s.state_dict()
+    ref = [s.next_batch()[2] for _ in range(7)]
+    t = make_shard()
+    t.load_state_dict({key: np.asarray(v) for key, v in state.items()})
+    assert (t.epoch, t.pos) == (k // 3, k % 3)
+    assert all(np.array_equal(r, t.next_batch()[2]) for r in ref)
+    with pytest.raises(ConfigError):
+        make_shard(n=99).load_state_dict(state)
+
+
+def test_iter_batches_covers_everything_once_in_order():
+    s = make_shard(n=100, B=32)
+    s.next_batch()
+    parts = list(s.iter_batches(30))
+    assert [len(p[2]) for p in parts] == [30, 30, 30, 10]
+    assert np.array_equal(np.concatenate([p[2] for p in parts]), np.arange(100))
+    assert np.array_equal(np.concatenate([p[1] for p in parts]), np.arange(100))
+    assert (s.epoch, s.pos) == (0, 1)                  # a full pass leaves the order alone
+    assert len(list(s.iter_batches())) == 4            # default: the shard's batch size
