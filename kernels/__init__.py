@@ -1,1 +1,26 @@
-"""Hand-written kernels (NumPy reference, Numba CPU, Numba CUDA); imported as mpidsgd.kernels."""
+"""Hand-written kernels (NumPy reference, Numba CPU, Numba CUDA); imported as
+mpidsgd.kernels.
+
+Every op dispatches by array type (NumPy -> Numba CPU, CuPy -> Numba CUDA) and
+takes `impl="numpy" | "cpu" | "cuda"` to choose explicitly; "cuda" with NumPy
+arrays copies to the device and back, which is how the tests run the CUDA
+kernels in the simulator (NUMBA_ENABLE_CUDASIM=1). Importing this package is
+cheap: numba.cuda and cupy are imported on first CUDA use, and compiled CPU
+code is cached on disk (cache=True) so concurrent ranks reuse it.
+
+    topk_abs(x, k)                  -> (idx, vals)   k largest |x|, idx ascending
+    threshold_select(x, t)          -> (idx, vals, count)   all |x| >= t
+    ef_select(grad, residual, k)    -> (idx, vals)   error feedback, in place
+    scatter_add(dst, idx, val)      dst[idx] += val (duplicates add; -1 skipped)
+    pack(idx, val) -> buf, unpack(buf, k, dtype) -> (idx, val), packed_nbytes
+    mix(x, other, w)                x += w * (other - x), in place
+"""
+from ._dispatch import IMPLS
+from .ef import ef_select
+from .mix import mix
+from .pack import pack, packed_nbytes, unpack
+from .scatter import scatter_add
+from .topk import threshold_select, topk_abs
+
+__all__ = ["IMPLS", "ef_select", "mix", "pack", "packed_nbytes", "scatter_add",
+           "threshold_select", "topk_abs", "unpack"]
