@@ -104,6 +104,9 @@ def test_load_data_synthetic_defaults():
     assert np.allclose(ds.train.X.mean(0), 0, atol=1e-12) and np.allclose(ds.train.X.std(0), 1)
     assert ds.train.steps_per_epoch == 3000 // 32
     assert load(make_cfg(task="binary", n_samples=200)).n_outputs == 1
+    cfg = make_cfg(n_classes=2, n_samples=200)
+    cfg.model.name = "logreg"
+    assert (load(cfg).task, load(cfg).n_outputs) == ("binary", 1)
 
 
 # -- files ----------------------------------------------------------------------

@@ -62,6 +62,8 @@ def _labels(cfg, local, channel):
     """(task, n_outputs, classes); file labels are mapped to 0..C-1 in place."""
     if cfg.data.name == "synthetic":
         task = cfg.data.task
+        if task == "classification" and cfg.data.n_classes == 2 and cfg.model.name == "logreg":
+            task = "binary"           # labels are already 0/1: the file rule, applied alike
         return task, (cfg.data.n_classes if task == "classification" else 1), None
     classes = agree_labels([local.y, local.test_y], channel, "data.path")
     if classes is None:

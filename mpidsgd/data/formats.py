@@ -230,7 +230,8 @@ class IdxSource(Source):
         self.images = _idx_array(path, key)
         self.labels = _idx_array(labels_path, labels_key)
         if self.labels.ndim != 1:
-            raise ConfigError(f"{labels_key} {labels_path}: labels must be 1-D, got shape {self.labels.shape}")
+            raise ConfigError(f"{labels_key} {labels_path}: labels must be 1-D, "
+                              f"got shape {self.labels.shape}")
         self._check_lengths(self.images.shape[0], self.labels.shape[0], f"labels file {labels_path}")
         self.scale = 1.0 / 255.0 if self.images.dtype == np.uint8 else 1.0
         self.sample_shape = tuple(self.images.shape[1:]) or (1,)
