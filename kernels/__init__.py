@@ -17,8 +17,8 @@ code is cached on disk (cache=True) so concurrent ranks reuse it.
 """
 from ._dispatch import IMPLS
 from .ef import ef_select
-from .mix import mix
-from .pack import pack, packed_nbytes, unpack
+from .mixing import mix
+from .packing import pack, packed_nbytes, unpack
 from .scatter import scatter_add
 from .topk import threshold_select, topk_abs
 
