@@ -26,7 +26,7 @@ from ._dispatch import UINT, abs_mask, index_dtype, inf_key, non_finite_error
 
 DIGIT = 11
 NBINS = 1 << DIGIT
-ITEMS = 16 if SIM else 8         # consecutive elements per thread in a tile
+ITEMS = 4 if SIM else 8          # consecutive elements per thread in a tile
 TILE = THREADS * ITEMS
 
 

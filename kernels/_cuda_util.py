@@ -13,8 +13,8 @@ from numba.core import config
 
 SIM = bool(config.ENABLE_CUDASIM)
 # threads per block; the simulator runs every thread as a Python thread
-THREADS = 8 if SIM else 256
-MAX_BLOCKS = 2 if SIM else 1024     # grid-stride loops cap the grid
+THREADS = 32 if SIM else 256
+MAX_BLOCKS = 3 if SIM else 1024     # grid-stride loops cap the grid
 
 
 def is_cupy(a):

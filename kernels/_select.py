@@ -23,7 +23,7 @@ import numpy as np
 from . import _select_cpu as K
 from ._dispatch import UINT, index_dtype, inf_key, non_finite_error
 
-SAMPLE = 1 << 15  # sample size for the bound estimate
+SAMPLE = 1 << 14  # sample size for the bound estimate
 SMALL = 1 << 15   # below this many elements every element is a candidate
 Z = 4.0           # safety margin of the estimate, in standard deviations
 
@@ -53,22 +53,20 @@ def _buffers(size, idx_dtype, raw_dtype, reuse):
 
 
 def _collect(x, g, lb, cap, bounds, reuse=False):
-    """Candidates key >= lb (x += g first when g is non-empty).
-    Returns (cidx, craw, total, fits): candidates contiguous, in index order;
-    total = true count; fits = False when a chunk's buffer overflowed."""
+    """Candidates key >= lb per chunk (x += g first, and candidates zeroed,
+    when g is non-empty). Returns (cidx, craw, counts, hi): chunk c's
+    candidates at [c*cap, c*cap + counts[c]) (true counts: a count > cap
+    overflowed), hi = the largest key. Raises on NaN/Inf."""
     nch = bounds.size - 1
     u = UINT[x.dtype]
     cidx, craw = _buffers(nch * cap, index_dtype(x.size), u, reuse)
     counts = np.zeros(nch, np.int64)
     maxk = np.zeros(nch, u)
     K.collect(x, g, u.type(lb), bounds, cap, cidx, craw, counts, maxk)
-    if nch and maxk.max() >= inf_key(x.dtype):
-        raise non_finite_error("input")
-    fits = bool((counts <= cap).all())
-    total = int(counts.sum())
-    c = K.compact(cidx, craw, counts, cap) if fits and nch else 0
     hi = int(maxk.max()) if nch else 0
-    return cidx[:c], craw[:c], total, fits, hi
+    if hi >= inf_key(x.dtype):
+        raise non_finite_error("input")
+    return cidx, craw, counts, hi
 
 
 def _estimate(x, g, k):
@@ -98,12 +96,14 @@ def _fallback_bound(x, k, bounds):
 
 def select_topk(x, k, g=None, nchunks=None):
     """(idx, vals): the k largest |x|, ties to the lower index, idx ascending.
-    With g, x += g first, in place, fused into the first pass (error feedback).
-    x and g contiguous, same dtype; 0 <= k <= x.size (checked by the caller)."""
+    With g (error feedback): x += g first, fused into the first pass, and the
+    selected entries of x are zeroed. x and g contiguous, same dtype;
+    0 <= k <= x.size (checked by the caller)."""
     n = x.size
     bounds = chunk_bounds(n, nchunks or numba.get_num_threads())
     chunk = int(np.diff(bounds).max())
-    g = np.empty(0, x.dtype) if g is None else g
+    ef = g is not None
+    g = g if ef else np.empty(0, x.dtype)
     if k == 0:                              # nothing to keep: the check only
         lb, cap = inf_key(x.dtype), 0
     elif n < SMALL:                         # small: everything is a candidate
@@ -111,16 +111,27 @@ def select_topk(x, k, g=None, nchunks=None):
     else:
         lb, cap = _estimate(x, g, k)
     cap = chunk if cap is None else min(cap, chunk)
-    cidx, craw, total, fits, hi = _collect(x, g, lb, cap, bounds, reuse=cap < chunk)
+    cidx, craw, counts, hi = _collect(x, g, lb, cap, bounds, reuse=cap < chunk)
     idx = np.empty(k, index_dtype(n))
     vals = np.empty(k, x.dtype)
     if k == 0:
         return idx, vals
-    if total < k or not fits:               # misjudged: exact bound, pass again
-        lb = _fallback_bound(x, k, bounds)
-        cidx, craw, total, fits, hi = _collect(x, g[:0], lb, chunk, bounds)
+    zeroed = ef                             # candidates of x are zeroed
+    if counts.sum() < k or (counts > cap).any():
+        # misjudged bound: undo the zeroing, exact bound, collect again
+        if zeroed:
+            K.restore_all(x, cidx, craw, counts, cap)
+            zeroed = False
+        lb, cap = _fallback_bound(x, k, bounds), chunk
+        cidx, craw, counts, hi = _collect(x, g[:0], lb, cap, bounds)
+    c = K.compact(cidx, craw, counts, cap)
+    cidx, craw = cidx[:c], craw[:c]
     T, above = K.kth_largest(craw, k, (int(lb) ^ hi).bit_length())
     K.emit(cidx, craw, T, k - above, idx, vals.view(craw.dtype))
+    if zeroed:
+        K.restore_unselected(x, cidx, craw, T, k - above)
+    elif ef:
+        K.zero_at(x, idx)
     return idx, vals
 
 
@@ -128,9 +139,10 @@ def select_threshold(x, tkey, nchunks=None):
     """(idx, vals, count) of every element with key >= tkey, idx ascending."""
     bounds = chunk_bounds(x.size, nchunks or numba.get_num_threads())
     chunk = int(np.diff(bounds).max())
-    cidx, craw, count, _, _ = _collect(x, x[:0], tkey, chunk, bounds)
+    cidx, craw, counts, _ = _collect(x, x[:0], tkey, chunk, bounds)
+    count = K.compact(cidx, craw, counts, chunk)
     idx = np.empty(count, cidx.dtype)
     vals = np.empty(count, x.dtype)
     # take every candidate: keys > 0, and up to `count` keys == 0
-    K.emit(cidx, craw, craw.dtype.type(0), count, idx, vals.view(craw.dtype))
+    K.emit(cidx[:count], craw[:count], craw.dtype.type(0), count, idx, vals.view(craw.dtype))
     return idx, vals, count

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 from numba import njit, prange
 
-from ._bits import abs_key, cttz, float_bits, zero_key
+from ._bits import abs_key, bits_float, cttz, float_bits, zero_key
 
 BLOCK = 512       # elements per flag block: values + flags stay in L1
 DIGIT = 11        # radix digit: 2048 bins
@@ -51,9 +51,9 @@ def _acc_flag_block(gw, w, lb, f, mk):
 
 @njit(cache=True)
 def _emit_flags(f, fw, w, base, m, ci, cr):
-    # append (base + j, bits(w[j])) for every set flag, in index order; keep
+    # append (base + j, bits(w[j])) for every flagged j, in index order; keep
     # counting past the buffer's capacity so the caller sees the true count.
-    # Eight flags per word; a word is usually 0 (no branch into the body).
+    # Eight flags per 64-bit word; a word is usually 0 (no branch into the body).
     cap = ci.size
     for q in range(fw.size):
         word = fw[q]
@@ -76,20 +76,35 @@ def _emit_flags(f, fw, w, base, m, ci, cr):
 
 
 @njit(cache=True)
+def _zero_flagged(w, f):
+    # w[j] = 0 where flagged: a masked store, vectorised, while w is in L1
+    for j in range(w.size):
+        if f[j]:
+            w[j] = 0
+
+
+@njit(cache=True)
 def _collect_chunk(xs, gs, off, lb, ci, cr):
+    # error-feedback mode (gs non-empty) also zeroes the recorded candidates:
+    # most of them are selected, and zeroing here, while the block is in L1,
+    # is cheaper than k scattered stores later (see restore_unselected). Once
+    # the buffer overflowed nothing more is zeroed (the caller restores all).
     f = np.zeros(BLOCK, np.uint8)
     fw = f.view(np.uint64)
     m = 0
     mk = zero_key(xs)
+    ef = gs.size > 0
     for s in range(0, xs.size, BLOCK):
         w = xs[s:s + BLOCK]
         if w.size < BLOCK:                  # last, partial block
             f[:] = 0
-        if gs.size:
+        if ef:
             mk = _acc_flag_block(gs[s:s + BLOCK], w, lb, f, mk)
         else:
             mk = _flag_block(w, lb, f, mk)
         m = _emit_flags(f, fw, w, off + s, m, ci, cr)
+        if ef and m <= ci.size:
+            _zero_flagged(w, f)
     return m, mk
 
 
@@ -97,7 +112,8 @@ def _collect_chunk(xs, gs, off, lb, ci, cr):
 def collect(x, g, lb, bounds, cap, cidx, craw, counts, maxk):
     """Chunk c of x (bounds[c]:bounds[c+1]) appends its candidates key >= lb to
     cidx/craw[c*cap:(c+1)*cap]; counts[c] is its true count, maxk[c] its largest
-    key. With g non-empty, x += g first (in place, same pass)."""
+    key. With g non-empty, x += g first (in place, same pass) and the
+    recorded candidates are set to 0 in x."""
     for c in prange(bounds.size - 1):
         lo, hi = bounds[c], bounds[c + 1]
         gs = g[lo:hi] if g.size else g
@@ -200,6 +216,27 @@ def compact(cidx, craw, counts, cap):
             craw[o] = craw[j]
             o += 1
     return o
+
+
+@njit(cache=True)
+def restore_unselected(x, cidx, craw, T, need):
+    """Error feedback: put back the candidates that emit did not take (keys
+    < T, ties past the first `need`); the taken ones stay zeroed."""
+    seen = 0
+    for j in range(cidx.size):
+        kk = abs_key(craw[j])
+        if kk == T:
+            seen += 1
+        if kk < T or (kk == T and seen > need):
+            x[cidx[j]] = bits_float(craw[j])
+
+
+@njit(cache=True)
+def restore_all(x, cidx, craw, counts, cap):
+    """Error feedback: put back every recorded candidate (before a fallback)."""
+    for c in range(counts.size):
+        for j in range(c * cap, c * cap + min(counts[c], cap)):
+            x[cidx[j]] = bits_float(craw[j])
 
 
 @njit(cache=True)

@@ -16,7 +16,6 @@ import numpy as np
 
 from . import _dispatch as D
 from ._select import select_topk
-from ._select_cpu import zero_at
 from .topk import topk_abs_numpy
 
 
@@ -31,9 +30,7 @@ def ef_select_numpy(grad, residual, k):
 def _ef_cpu(grad, residual, k):
     if not residual.flags.c_contiguous:
         raise ValueError("residual must be C-contiguous (it is updated in place)")
-    idx, vals = select_topk(residual, k, g=np.ascontiguousarray(grad))
-    zero_at(residual, idx)
-    return idx, vals
+    return select_topk(residual, k, g=np.ascontiguousarray(grad))
 
 
 def _ef_cuda(grad, residual, k):
