@@ -76,7 +76,7 @@ def index_dtype(n):
 
 
 def non_finite_error(name):
-    return ValueError(f"{name} contains NaN or Inf; top-k by magnitude is undefined")
+    return ValueError(f"{name} contains NaN or Inf: selection by magnitude is undefined")
 
 
 # --- bit patterns: |x| as an order-preserving unsigned integer ---------------

@@ -8,7 +8,9 @@ Order key: key(x) = bits(x) & ~signbit, an unsigned integer ordered like |x|
   tracks the largest key (the NaN/Inf check); a scan of the flags, a 64-bit
   word (eight flags) at a time, appends (index, raw bits) of the rare
   candidates to the chunk's buffer. The error-feedback variant fuses
-  x += g (written back) into the same loop.
+  x += g (written back) into the same loop and zeroes the recorded
+  candidates while their block is in L1 (restore_unselected puts back the
+  few that are not selected).
 - kth_largest: MSD radix select (11-bit digits) among the candidates.
 - emit: candidates in index order, keys > T plus the first ties == T.
 - top_histogram: exact counts of the top 11 key bits (the fallback bound).

@@ -12,6 +12,8 @@ words, never through float registers: NaN payloads and -0.0 survive exactly.
 The buffer is 4-byte aligned at the start of the value block only; pack and
 unpack never need more (float64 values start at 4k, possibly not 8-aligned).
 """
+import numbers
+
 import numpy as np
 from numba import njit
 
@@ -113,9 +115,11 @@ def unpack(buf, k, dtype, *, impl=None):
     dtype = np.dtype(dtype)
     if dtype not in D.FLOATS:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    k = D.check_k(k, 2**62)
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
     if getattr(buf, "ndim", None) != 1 or not buf.flags.c_contiguous:
         raise ValueError("buf must be a contiguous 1-D array")
+    k = int(k)
     buf = buf.view(np.uint8)
     if buf.size < packed_nbytes(k, dtype):
         raise ValueError(f"buf holds {buf.size} bytes; {k} pairs of int32 + {dtype} "

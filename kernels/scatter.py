@@ -77,6 +77,9 @@ def _check_indices(idx, n, impl):
     if impl == "cuda":
         from . import _cuda_scatter
         bad = _cuda_scatter.first_bad(idx, n)
+    elif impl == "numpy":
+        wrong = np.flatnonzero((idx != -1) & ((idx < 0) | (idx >= n)))
+        bad = int(wrong[0]) if wrong.size else -1
     else:
         bad = _first_bad(np.ascontiguousarray(idx), n)
     if bad >= 0:
