@@ -21,12 +21,12 @@ threshold_select is phase 2 alone with above_lo = bnd_lo = key(t).
 import numpy as np
 from numba import cuda, int32, int64
 
-from ._cuda_util import SIM, THREADS, Device, blocks
+from ._cuda_util import THREADS, Device, blocks
 from ._dispatch import UINT, abs_mask, index_dtype, inf_key, non_finite_error
 
 DIGIT = 11
 NBINS = 1 << DIGIT
-ITEMS = 4 if SIM else 8          # consecutive elements per thread in a tile
+ITEMS = 8                        # consecutive elements per thread in a tile
 TILE = THREADS * ITEMS
 
 

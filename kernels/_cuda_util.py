@@ -13,7 +13,7 @@ from numba.core import config
 
 SIM = bool(config.ENABLE_CUDASIM)
 # threads per block; the simulator runs every thread as a Python thread
-THREADS = 32 if SIM else 256
+THREADS = 16 if SIM else 256
 MAX_BLOCKS = 3 if SIM else 1024     # grid-stride loops cap the grid
 
 
