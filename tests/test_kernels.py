@@ -200,6 +200,20 @@ def test_non_finite_input_raises(impl, bad):
             K.ef_select(g, r, 10, impl=name)
 
 
+def test_strided_input_and_read_only_residual():
+    x = vector("normal", 3001, np.float64)[::3]
+    for impl in ["numpy", "cpu"]:
+        idx, vals = K.topk_abs(x, 50, impl=impl)
+        ridx, rvals = oracle_topk(x, 50)
+        assert np.array_equal(idx, ridx) and same(vals, rvals)
+    r = np.zeros(10)
+    r.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        K.ef_select(np.ones(10), r, 2)
+    with pytest.raises(ValueError, match="contiguous"):
+        K.ef_select(np.ones(10), np.zeros(20)[::2], 2)
+
+
 def test_k_and_argument_validation():
     x = np.zeros(5, np.float32)
     for k in [-1, 6]:
