@@ -38,7 +38,7 @@ def evaluate(model, params, X, y, *, channel, task, batch=4096) -> dict:
 def full_train_loss(model, params, shard, *, channel, batch=4096) -> float:
     """One pass over every rank's training shard: the mean training loss."""
     loss_sum, n = 0.0, 0
-    for Xb, yb in shard.iter_batches(batch):
+    for Xb, yb, _ in shard.iter_batches(batch):
         m = int(Xb.shape[0])
         loss_sum += model.loss(params, Xb, yb) * m
         n += m
