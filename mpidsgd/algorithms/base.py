@@ -105,6 +105,14 @@ class Algorithm:
     def finish(self):
         """Drain traffic in flight; afterwards consensus_params() is final."""
 
+    def quiesce(self):
+        """Collective on every rank: complete all traffic in flight so that
+        state_dict() describes a consistent global state (no message sent and
+        not yet received). A checkpoint or an agreed stop of an asynchronous
+        algorithm calls it on all ranks at the same point; training may go on
+        afterwards. Synchronous algorithms have nothing in flight between
+        steps."""
+
     def consensus_params(self):
         return self.params
 
