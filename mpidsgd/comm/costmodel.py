@@ -64,3 +64,50 @@ def dense_ring(n: int, s: int, p: int):
 def dense_rabenseifner(n: int, s: int, p: int):
     """Rabenseifner allreduce (the booking rule of MPI Allreduce)."""
     return allreduce_booking(n * s, p)
+
+# -- SparDL (comm/spardl.py): exact per-rank figures -------------------------------
+# One sparse entry travels as a 4-byte int32 block-local index plus its value.
+def spardl_block(n: int, p_team: int, density: float):
+    """(c, k_b): block length ceil(n / P') and entries per block
+    k_b = max(1, floor(c * density)) (floor with a 1e-9 guard, so 0.29 * 100
+    gives 29, not 28)."""
+    c = -(-int(n) // int(p_team))
+    return c, max(1, min(c, math.floor(c * density + 1e-9)))
+
+
+def spardl_entries(n: int, p: int, density: float, *, teams: int = 1, sag: str = "bruck",
+                   h: int | None = None, batched: bool = True):
+    """Sparse entries and messages ONE rank sends in one SparDL allreduce, by
+    phase: {"srs": (entries, messages), "sag": ..., "ag": ...}.
+
+    SRS and the final all-gather run in a team of P' = P / teams ranks:
+    (P' - 1) k_b entries each, ceil(log2 P') messages each (SRS unbatched:
+    P' - 1 messages). B-SAG: (d - 1) min(h, c) entries in ceil(log2 d)
+    messages, h = this group's current h (default its start value
+    max(1, k_b // d)); R-SAG: k_b entries per step, log2 d steps.
+    """
+    d = int(teams)
+    pt = p // d
+    c, k_b = spardl_block(n, pt, density)
+    srs_msgs = log2ceil(pt) if batched else pt - 1
+    out = {"srs": ((pt - 1) * k_b, srs_msgs), "sag": (0, 0), "ag": ((pt - 1) * k_b, log2ceil(pt))}
+    if d > 1 and sag == "bruck":
+        hh = max(1, k_b // d) if h is None else int(h)
+        out["sag"] = ((d - 1) * min(hh, c), log2ceil(d))
+    elif d > 1:
+        out["sag"] = (log2ceil(d) * k_b, log2ceil(d))
+    return out
+
+
+def spardl(n: int, s: int, p: int, density: float, *, teams: int = 1, sag: str = "bruck",
+           h: int | None = None, batched: bool = True):
+    """SparDL: (bytes, messages) one rank sends per allreduce, values of s
+    bytes. d = 1: 2 k_b (P - 1) entries and 2 ceil(log2 P) messages."""
+    ph = spardl_entries(n, p, density, teams=teams, sag=sag, h=h, batched=batched)
+    entries = sum(e for e, _ in ph.values())
+    return float(entries * (4 + int(s))), sum(m for _, m in ph.values())
+
+
+def spardl_time(n: int, s: int, p: int, density: float, alpha: float, beta: float, **kw):
+    """alpha-beta seconds of one SparDL allreduce on one rank's path."""
+    return alpha_beta_time(*spardl(n, s, p, density, **kw), alpha, beta)

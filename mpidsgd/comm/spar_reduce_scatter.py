@@ -1,0 +1,83 @@
+"""Spar-Reduce-Scatter (SparDL): a sparse reduce-scatter for any number of ranks.
+
+The (padded) gradient of every rank is viewed as P blocks of c; rank r owns
+block r. In ceil(log2 P) rounds every rank forwards each non-own block exactly
+once, after re-taking the top-k_b of its partially reduced values, so every
+message holds exactly k_b entries per block however many sparse vectors have
+been summed into it:
+
+    R = ceil(log2 P); round i: gap_i = 2^(R-1-i),
+        s_0 = P - 2^(R-1), s_i = 2^(R-1-i) for i >= 1
+    for j < s_i: b = (r + gap_i + j) mod P; idx = topk_abs(A[b], k_b)
+                 send (idx, A[b][idx]); A[b][idx] = 0
+    ONE packed message of s_i * k_b entries to (r + gap_i) mod P;
+    receive s_i * k_b from (r - gap_i) mod P: its j-th block is block
+    (r + j) mod P (a block this rank keeps): A[(r + j) mod P][idx] += val
+
+A rank never receives a block after sending it. What stays in A[b] after the
+block left (the unselected partial sums) is what SparDL's global residual
+collection keeps on the final support; the caller does that.
+"""
+from __future__ import annotations
+
+from ..kernels import pack, scatter_add, topk_abs, unpack
+from .bruck import array_module
+from .costmodel import log2ceil
+
+TAG_SRS = 0x5B2
+
+
+def srs_schedule(p: int):
+    """[(gap_i, s_i)] of the ceil(log2 p) rounds (empty for p = 1)."""
+    R = log2ceil(p)
+    return [(1 << (R - 1 - i), p - (1 << (R - 1)) if i == 0 else 1 << (R - 1 - i))
+            for i in range(R)]
+
+
+def _take(A, b, k_b):
+    """Top-k_b of block b; the selected entries leave A[b] (zeroed)."""
+    idx, val = topk_abs(A[b], k_b)
+    A[b][idx] = 0
+    return idx, val
+
+
+def _exchange(channel, xp, sels, dest, src, k_b, dtype):
+    """Send the selections as one packed message, receive as many blocks."""
+    m = len(sels)
+    if m == 1:
+        msg = pack(*sels[0])
+    else:
+        msg = pack(xp.concatenate([s[0] for s in sels]), xp.concatenate([s[1] for s in sels]))
+    buf = xp.empty(msg.size, xp.uint8)
+    channel.Sendrecv(msg, dest, buf, src, sendtag=TAG_SRS, recvtag=TAG_SRS)
+    idx, val = unpack(buf, m * k_b, dtype)
+    sent = msg.nbytes // (4 + dtype.itemsize)
+    return [(idx[j * k_b:(j + 1) * k_b], val[j * k_b:(j + 1) * k_b]) for j in range(m)], sent
+
+
+def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None):
+    """Sparse reduce-scatter of the (P x c) array A over `channel`, in place.
+
+    Afterwards A[r] (r = channel.rank) holds block r summed over every rank's
+    forwarded selections plus this rank's own values; for b != r, A[b] holds
+    what this rank kept of block b when it forwarded top-k_b of it (selected
+    entries zeroed). `batched=False` sends one block per message (P - 1
+    messages; the reference form, same result). `log`, if a list, gets the
+    number of entries of every message sent (read off the packed message).
+    """
+    xp = array_module(A)
+    P, r = channel.size, channel.rank
+    if A.shape[0] != P:
+        raise ValueError(f"A has {A.shape[0]} blocks for {P} ranks")
+    for gap, s in srs_schedule(P):
+        dest, src = (r + gap) % P, (r - gap) % P
+        groups = [range(s)] if batched else [[j] for j in range(s)]
+        for js in groups:
+            sels = [_take(A, (dest + j) % P, k_b) for j in js]
+            got, sent = _exchange(channel, xp, sels, dest, src, k_b, A.dtype)
+            if log is not None:
+                log.append(sent)
+            # the j-th received block is block (r + j) mod P, still kept here
+            for j, (idx, val) in zip(js, got):
+                scatter_add(A[(r + j) % P], idx, val)
+    return A

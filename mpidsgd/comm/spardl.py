@@ -1,0 +1,159 @@
+"""SparDL sparse allreduce with error feedback: Spar-Reduce-Scatter, optional
+teams with Spar-All-Gather (B-SAG or R-SAG), the Bruck all-gather of the final
+blocks, and global residual collection (algorithms/spardl.md in the specs).
+
+    sd = SparDL(n, np.float32, 0.01, channel=ch, teams=1, sag="bruck")
+    sd.allreduce(g, out)      # out <- sparse mean over ALL ranks; sd.E updated
+
+Per call and rank (d = 1): 2 k_b (P - 1) entries of (int32 index, value) in
+2 ceil(log2 P) messages, k_b = max(1, floor(ceil(n / P) * density));
+comm/costmodel.spardl gives the exact figures with teams too.
+
+Residual E (raw gradient units, one per rank) re-enters as A = g + E. After
+the step, off the final support every rank's E is its own g + E_old; on the
+final support a rank keeps what it held and did not forward. The result
+therefore conserves the gradient mass: sum_r E_new + P * out = sum_r (g + E_old).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import scatter_add, topk_abs
+from . import costmodel as cm
+from .bruck import array_module
+from .spar_allgather import block_allgather, bsag, next_h, rsag
+from .spar_reduce_scatter import spar_reduce_scatter
+
+SAGS = ("bruck", "recursive")
+
+
+def check_spardl(p: int, density: float, teams: int, sag: str):
+    """None if the configuration is valid, else the problem as 'key: reason'."""
+    if not 0 < density <= 1:
+        return f"density: must be in (0, 1], got {density}"
+    if teams < 1 or p % teams:
+        return f"teams: {teams} must be >= 1 and divide the number of ranks {p}"
+    if sag not in SAGS:
+        return f"sag: must be one of {SAGS}, got {sag!r}"
+    if sag == "recursive" and teams & (teams - 1):
+        return f"sag: 'recursive' (R-SAG) needs a power-of-two number of teams, got {teams}"
+    return None
+
+
+class SparDL:
+    """SparDL allreduce state on one rank: residual, B-SAG h, sub-channels.
+
+    Collective constructor (it splits `channel` into the team and the SAG
+    group when teams > 1). `batched=False` sends one block per SRS message
+    (the reference form; same numbers, more messages). Works on NumPy or CuPy
+    arrays of float32/float64 (`xp` defaults to the channel's backend).
+    """
+
+    def __init__(self, n, dtype, density, *, channel, teams=1, sag="bruck", batched=True, xp=None):
+        problem = check_spardl(channel.size, density, teams, sag)
+        if problem:
+            raise ValueError(problem)
+        self.n, self.dtype = int(n), np.dtype(dtype)
+        self.density, self.teams, self.sag, self.batched = float(density), int(teams), sag, batched
+        self.channel, self.P = channel, channel.size
+        self.p_team = self.P // self.teams
+        self.c, self.k_b = cm.spardl_block(self.n, self.p_team, self.density)
+        self.h_min = max(1, self.k_b // self.teams)
+        self.h = self.h_min
+        if self.teams == 1:
+            self.team, self.group = channel, None
+        else:
+            self.team = channel.split(channel.rank // self.p_team)
+            self.group = channel.split(channel.rank % self.p_team)
+        self.r = self.team.rank
+        self.xp = xp or channel.backend.xp
+        self.E = self.xp.zeros(self.p_team * self.c, self.dtype)   # padding stays 0
+        self.A = self.xp.empty_like(self.E)
+        self.last = {}
+
+    # -- the allreduce --------------------------------------------------------------
+    def allreduce(self, g, out=None):
+        """out <- SparDL mean over all ranks of g (+ residual); E updated.
+
+        g: n values (NumPy/CuPy, this object's dtype); out may be g itself.
+        Collective over the channel. Returns out.
+        """
+        if g.shape != (self.n,) or g.dtype != self.dtype:
+            raise ValueError(f"g must have shape ({self.n},) and dtype {self.dtype}")
+        xp, E, A = self.xp, self.E, self.A
+        E[:self.n] += g                # E = A0 = g + E_old
+        A[...] = E
+        blocks = A.reshape(self.p_team, self.c)
+        log = {"srs": [], "sag": []}
+        spar_reduce_scatter(blocks, self.k_b, channel=self.team, batched=self.batched,
+                            log=log["srs"])
+        idx, val = self._own_block(blocks[self.r], log)
+        all_idx, all_val = block_allgather(idx, val, self.k_b, channel=self.team)
+        # block-local -> padded-global indices; -1 stays padding
+        base = (xp.arange(self.p_team, dtype=xp.int64) * self.c)[:, None]
+        gidx = xp.where(all_idx >= 0, all_idx + base, -1).reshape(-1)
+        self._collect_residual(gidx)
+        if out is None:
+            out = xp.empty(self.n, self.dtype)
+        out[...] = 0
+        vals = all_val.reshape(-1) / self.dtype.type(self.P)
+        scatter_add(out, xp.where(gidx < self.n, gidx, -1), vals)
+        self.last.update(selected=int((gidx >= 0).sum()), srs_entries=log["srs"],
+                         sag_entries=log["sag"], support=gidx[gidx >= 0])
+        return out
+
+    def _own_block(self, block, log):
+        """Final selection of this rank's block: top-k_b (d = 1) or via SAG;
+        what is not selected stays in `block` (this rank's residual there)."""
+        if self.teams == 1:
+            idx, val = topk_abs(block, self.k_b)
+            block[idx] = 0
+            return idx, val
+        if self.sag == "recursive":
+            return rsag(block, self.k_b, channel=self.group, log=log["sag"])
+        h = self.h
+        idx, val, U = bsag(block, h, self.k_b, channel=self.group)
+        log["sag"].append(min(h, self.c) * (self.teams - 1))
+        self.last.update(h=h, union=U)
+        self.h = next_h(h, U, self.k_b, self.teams)
+        return idx, val
+
+    def _collect_residual(self, gidx):
+        """Global residual collection: E = A0, except on the final support,
+        where E takes what this rank held and did not forward (A there)."""
+        sup = gidx[gidx >= 0]
+        self.E[sup] = self.A[sup]
+
+    # -- state ----------------------------------------------------------------------
+    def support(self):
+        """Indices (into the unpadded n) of the last call's final support."""
+        s = self.last.get("support")
+        return None if s is None else s[s < self.n]
+
+    def residual(self):
+        """This rank's residual, unpadded (a view)."""
+        return self.E[:self.n]
+
+    def predicted(self):
+        """(bytes, messages) comm/costmodel predicts for this rank's last call."""
+        return cm.spardl(self.n, self.dtype.itemsize, self.P, self.density, teams=self.teams,
+                         sag=self.sag, h=self.last.get("h"), batched=self.batched)
+
+    def state_dict(self) -> dict:
+        """Per-rank state: the residual and this rank's SAG group's h."""
+        return {"residual": self.E[:self.n], "h": int(self.h)}
+
+    def load_state_dict(self, state: dict):
+        res = self.xp.asarray(state["residual"])
+        if res.shape != (self.n,):
+            raise ValueError(f"residual has shape {res.shape}, expected ({self.n},)")
+        self.E[:self.n] = res
+        self.E[self.n:] = 0
+        self.h = int(state["h"])
+
+    def free(self):
+        """Release the team and group communicators (collective)."""
+        if self.group is not None:
+            self.team.comm.Free()
+            self.group.comm.Free()
+            self.team = self.group = None
