@@ -87,6 +87,8 @@ def setup(args, topo):
                          f"{expect} (SLURM_NTASKS): is mpi4py built against the cluster's MPI?")
     try:
         cfg = C.load(args.config, args.overrides, base=None if args.config else QUICKSTART)
+        from .algorithms import REGISTRY
+        REGISTRY[cfg.algo.name].check_world(cfg, topo.size)
     except C.ConfigError as exc:
         err = str(exc)
     err = agree_error(topo.world, err)

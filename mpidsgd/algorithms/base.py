@@ -89,6 +89,13 @@ class Algorithm:
         self.compute_emu = ComputeEmulation(cfg.comm.emulate, topo.rank, cfg.run.seed)
         self.lr_at = None
 
+    @classmethod
+    def check_world(cls, cfg, size: int):
+        """Raise config.ConfigError("algo.key: ...") if this configuration
+        cannot run on `size` ranks (e.g. a power of two is required). Called
+        by train.setup on every rank before anything is built, so the
+        decision and the exit code 2 are the same everywhere."""
+
     # -- the interface -------------------------------------------------------------
     def plan(self, shard):
         """Fix the step budget (run.steps, or run.epochs of the shard)."""
