@@ -111,3 +111,56 @@ def spardl(n: int, s: int, p: int, density: float, *, teams: int = 1, sag: str =
 def spardl_time(n: int, s: int, p: int, density: float, alpha: float, beta: float, **kw):
     """alpha-beta seconds of one SparDL allreduce on one rank's path."""
     return alpha_beta_time(*spardl(n, s, p, density, **kw), alpha, beta)
+
+# -- sparse baselines and bounds (bytes per entry = 4-byte index + value size) ----
+def entry_bytes(s: int) -> int:
+    """Bytes of one sparse entry: an int32 index and an s-byte value."""
+    return 4 + int(s)
+
+
+def topka(k: int, s: int, p: int):
+    """TopkA: allgather of k entries from every rank: (bytes, messages) per rank."""
+    return allgather_booking(k * entry_bytes(s), p)
+
+
+def _bitlength(r: int) -> int:
+    return int(r).bit_length()
+
+
+def gtopk_rank(k: int, s: int, p: int, rank: int):
+    """gTop-k, exact (bytes, messages) sent by `rank`: one tree message unless
+    it is the root, and log2 P - bitlength(rank) broadcast messages."""
+    if p <= 1:
+        return 0.0, 0
+    msgs = (1 if rank else 0) + log2ceil(p) - _bitlength(rank)
+    return float(msgs * k * entry_bytes(s)), msgs
+
+
+def gtopk(k: int, s: int, p: int):
+    """gTop-k, mean over ranks: 2(P-1)/P messages of k entries per rank."""
+    if p <= 1:
+        return 0.0, 0.0
+    msgs = 2.0 * (p - 1) / p
+    return msgs * k * entry_bytes(s), msgs
+
+
+def gtopk_path(k: int, s: int, p: int):
+    """gTop-k critical path (the spec table): 2 log2 P messages of k entries,
+    i.e. 2 log2 P alpha + 4k log2 P words."""
+    m = 2 * log2ceil(p)
+    return float(m * k * entry_bytes(s)), m
+
+
+def oktopk_bound(k: int, s: int, p: int):
+    """Ok-Topk upper bound: 6k(P-1)/P words = 3k(P-1)/P entries, 2P + 2 log2 P messages."""
+    if p <= 1:
+        return 0.0, 0
+    return 3.0 * k * (p - 1) / p * entry_bytes(s), 2 * p + 2 * log2ceil(p)
+
+
+def sparse_lower_bound(k: int, s: int, p: int):
+    """Bytes per rank no sparse allreduce of k selected entries can beat
+    (Ok-Topk Thm 3.1): 2k(P-1)/P words = k(P-1)/P entries."""
+    if p <= 1:
+        return 0.0
+    return k * (p - 1) / p * entry_bytes(s)

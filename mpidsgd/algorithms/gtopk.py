@@ -1,0 +1,39 @@
+"""`gtopk`: synchronous SGD whose gradient allreduce is gTop-k (a tree of
+pairwise merges keeping the global top-k, then a broadcast from the root)
+with error feedback; a baseline for `spardl` (algorithms/spardl.md).
+
+Same options and step as `topka` (algorithms/topka.py); the world size must
+be a power of two.
+"""
+from __future__ import annotations
+
+from ..comm.gtopk import gtopk, is_power_of_two
+from ..config import ConfigError
+from .base import register
+from .topka import TopkA
+
+
+def world_size() -> int:
+    """Ranks of the job being configured (1 outside MPI)."""
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_size() if MPI.Is_initialized() else 1
+
+
+@register
+class GTopk(TopkA):
+    name = "gtopk"
+
+    @classmethod
+    def check_config(cls, cfg):
+        p = world_size()
+        if not is_power_of_two(p):
+            raise ConfigError(f"algo.name: gtopk needs a power-of-two number of ranks, got {p}")
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        if not is_power_of_two(self.size):
+            raise ConfigError(f"algo.name: gtopk needs a power-of-two number of ranks, "
+                              f"got {self.size}")
+
+    def sparse_allreduce(self, grad):
+        gtopk(grad, self.residual, self.k, channel=self.channel, out=grad)
