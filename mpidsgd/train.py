@@ -65,9 +65,32 @@ class Log:
             self.fh.write(json.dumps(fields) + "\n")
             self.fh.flush()
 
+    def rewind(self, step):
+        """Resuming at `step`: drop the records a killed run wrote after it,
+        so metrics.jsonl reads as if the run had never stopped."""
+        if not self.fh:
+            return
+        self.fh.close()
+        path = self.fh.name
+        with open(path) as fh:
+            keep = [ln for ln in fh if ln.strip() and _kept(ln, step)]
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.writelines(keep)
+        os.replace(tmp, path)
+        self.fh = open(path, "a")
+
     def close(self):
         if self.fh:
             self.fh.close()
+
+
+def _kept(line, step):
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return False
+    return rec.get("kind") != "final" and rec.get("step", 0) <= step
 
 
 def fail_input(topo, message):
@@ -134,6 +157,49 @@ def build(cfg, topo):
     return {"backend": backend, "channel": channel, "data": data, "model": model, "algo": algo}
 
 
+class Meter:
+    """The running training-loss average between evaluations and the clock:
+    per-rank state that a checkpoint carries, so later records are identical."""
+
+    def __init__(self):
+        self.loss_acc, self.loss_n = 0.0, 0
+        self.t0 = time.perf_counter()
+
+    def add(self, loss):
+        self.loss_acc += loss
+        self.loss_n += 1
+
+    def mean(self):
+        return self.loss_acc / max(self.loss_n, 1)
+
+    def reset(self):
+        self.loss_acc, self.loss_n = 0.0, 0
+
+    def state_dict(self):
+        return {"loss_acc": float(self.loss_acc), "loss_n": int(self.loss_n),
+                "elapsed_s": time.perf_counter() - self.t0}
+
+    def load_state_dict(self, d):
+        self.loss_acc, self.loss_n = float(d["loss_acc"]), int(d["loss_n"])
+        self.t0 = time.perf_counter() - float(d.get("elapsed_s", 0.0))
+
+
+def open_checkpoints(cfg, topo, ctx, log, args, force=False):
+    """The CheckpointManager (and the resume) when checkpoints are in play
+    (`force`: a preemption checkpoint of a run without checkpoint.every);
+    an unusable checkpoint is an input error: one line, exit 2, every rank."""
+    if not (force or cfg.checkpoint.every or args.resume):
+        return None
+    from .checkpoint import CheckpointManager, CheckpointError
+    ckpt = CheckpointManager(cfg, topo, ctx, log)
+    if args.resume:
+        try:
+            ckpt.resume(args.resume)
+        except CheckpointError as exc:
+            fail_input(topo, str(exc))
+    return ckpt
+
+
 def run(cfg, ctx, topo, args):
     """The training loop; returns the summary dict (rank 0) or None."""
     from .control import StopAgreement
@@ -146,21 +212,24 @@ def run(cfg, ctx, topo, args):
         with open(os.path.join(out, "config.toml"), "w") as fh:
             fh.write(C.dumps(cfg))
     log = Log(topo, out)
-    ckpt = None
-    if cfg.checkpoint.every or args.resume:
-        from .checkpoint import CheckpointManager
-        ckpt = CheckpointManager(cfg, topo, ctx, log)
-        if args.resume:
-            ckpt.resume(args.resume)
+    meter = ctx["meter"] = Meter()
+    ckpt = open_checkpoints(cfg, topo, ctx, log, args)
     stop = StopAgreement(channel, time_limit_s=cfg.run.time_limit_s, collective=algo.synchronous)
-    t0 = time.perf_counter()
-    loss_acc, loss_n, last = 0.0, 0, {}
     log.say(f"mpidsgd: {cfg.algo.name} on {topo.size} rank(s), model {model.name} "
             f"({model.layout.size} params), {data.n_train} training samples, "
             f"{algo.total_steps} steps")
     stop_reason = None
     while True:
-        stop_reason = stop.poll()
+        # asynchronous algorithms: checkpoints and stops happen where every
+        # rank has agreed and quiesced (control.py); synchronous ones stop here
+        verdict = stop.poll(leaving=algo.done(),
+                            want_checkpoint=ckpt is not None and ckpt.wants())
+        stop_reason = verdict.stop
+        if verdict and not algo.synchronous:
+            algo.quiesce()
+            if verdict.checkpoint or stop_reason:
+                ckpt = ckpt or open_checkpoints(cfg, topo, ctx, log, args, force=True)
+                ckpt.save(final=bool(stop_reason))
         if stop_reason or algo.done():
             break
         if cfg.debug.fail_at_step == algo.step_count and topo.rank == cfg.debug.fail_rank:
@@ -171,24 +240,27 @@ def run(cfg, ctx, topo, args):
                 raise FloatingPointError(
                     f"non-finite training loss {info.loss} at step {algo.step_count} on rank "
                     f"{topo.rank}; lower algo.lr (checkpoints already written are kept)")
-            loss_acc += info.loss
-            loss_n += 1
+            meter.add(info.loss)
         s = algo.step_count
-        if s % cfg.run.log_every == 0 and loss_n:
+        if s % cfg.run.log_every == 0 and meter.loss_n:
             log.record(kind="train", step=s, epoch=shard.epoch + shard.pos / shard.steps_per_epoch,
-                       loss=loss_acc / loss_n, time_s=time.perf_counter() - t0,
+                       loss=meter.mean(), time_s=time.perf_counter() - meter.t0,
                        bytes_train=channel.counters.bytes.get("train", 0.0))
         if cfg.run.eval_every and s % cfg.run.eval_every == 0 and algo.synchronous:
             last = evaluate(model, algo.consensus_params(), data.test_X, data.test_y,
                             channel=channel, task=data.task)
-            report(log, cfg, algo, shard, channel, last, loss_acc / max(loss_n, 1), t0)
-            loss_acc, loss_n = 0.0, 0
-        if ckpt is not None:
-            ckpt.maybe_save(stop)
-    stop.close()
-    if ckpt is not None and stop_reason == "signal":
-        ckpt.save(final=True)
+            report(log, cfg, algo, shard, channel, last, meter.mean(), meter.t0)
+            meter.reset()
+        if ckpt is not None and algo.synchronous:
+            ckpt.maybe_save()
+    if stop_reason and algo.synchronous:
+        # preemption or time limit: every rank is at the same step boundary
+        ckpt = ckpt or open_checkpoints(cfg, topo, ctx, log, args, force=True)
+        if ckpt.last_step != algo.step_count:
+            ckpt.save(final=True)
+    t0 = meter.t0
     algo.finish()
+    stop.close()     # after finish: asynchronous ranks may leave their loops at different times
     params = algo.consensus_params()
     final = evaluate(model, params, data.test_X, data.test_y, channel=channel, task=data.task)
     train_loss = full_train_loss(model, params, shard, channel=channel)
@@ -266,7 +338,13 @@ def main(argv=None):
         run(cfg, ctx, topo, args)
     except SystemExit:
         raise
-    except BaseException:
+    except BaseException as exc:
+        from .checkpoint import AgreedError
+        if isinstance(exc, AgreedError):
+            # raised identically on every rank (e.g. diverged parameters at a checkpoint)
+            if topo.is_root:
+                print(f"mpidsgd: error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(1)
         # one rank failing must not leave the others waiting forever
         sys.stderr.write(f"mpidsgd: rank {topo.rank} failed:\n{traceback.format_exc()}")
         sys.stderr.flush()
