@@ -13,21 +13,14 @@ from .base import register
 from .topka import TopkA
 
 
-def world_size() -> int:
-    """Ranks of the job being configured (1 outside MPI)."""
-    from mpi4py import MPI
-    return MPI.COMM_WORLD.Get_size() if MPI.Is_initialized() else 1
-
-
 @register
 class GTopk(TopkA):
     name = "gtopk"
 
     @classmethod
-    def check_config(cls, cfg):
-        p = world_size()
-        if not is_power_of_two(p):
-            raise ConfigError(f"algo.name: gtopk needs a power-of-two number of ranks, got {p}")
+    def check_world(cls, cfg, size):
+        if not is_power_of_two(size):
+            raise ConfigError(f"algo.name: gtopk needs a power-of-two number of ranks, got {size}")
 
     def __init__(self, *args):
         super().__init__(*args)

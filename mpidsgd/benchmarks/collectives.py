@@ -1,0 +1,228 @@
+"""`mpiexec -n P python -m mpidsgd.bench collectives`: allreduce schemes on
+the same gradient, timed whole (selection, packing, communication, unpacking).
+
+Schemes: dense MPI Allreduce (`dense-mpi`), dense ring (`dense-ring`),
+`topka`, `gtopk` (power-of-two P), `spardl` with d = 1 and every valid team
+count d (B-SAG always, R-SAG for power-of-two d). Every rank holds its own
+seeded gradient of n values; sparse schemes start each run from a zero
+residual (reset untimed), so every repetition does the same work.
+
+Per scheme and emulation setting one JSON record:
+    ms                 median over --reps (after one warm-up) of the slowest
+                       rank's time for one call, between two barriers
+    bytes_per_rank     bytes sent per call, mean over ranks (counted by the Channel)
+    messages_per_rank  messages per call, mean over ranks
+    predicted_bytes    comm/costmodel's bytes per rank (mean over ranks)
+    predicted_ms       alpha-beta time of the longest path under the emulated
+                       network (communication only; null without emulation)
+    lower_bound_bytes  sparse lower bound k(P-1)/P entries (Ok-Topk Thm 3.1;
+                       null for dense schemes)
+    ratio_vs_dense     ms / ms of dense-mpi in the same setting
+--emulate alpha,beta charges alpha seconds per message and beta seconds per
+byte as sleep in the Channel; repeat it (and `none`) to measure several
+networks in one run. The machine may be shared: the load average is printed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from .kernels import _cpu_name, _ints
+
+
+def register(sub):
+    p = sub.add_parser("collectives", help="dense vs sparse allreduce: ms, bytes, messages, "
+                                           "cost model", description=__doc__)
+    p.add_argument("--n", type=_ints, default=[2**24], help="gradient length (default 2^24)")
+    p.add_argument("--density", type=float, default=0.01, help="k / n (default 0.01)")
+    p.add_argument("--teams", type=_ints, default=None,
+                   help="SparDL team counts to run besides d = 1 (default: every divisor of P)")
+    p.add_argument("--emulate", action="append", default=None, metavar="ALPHA,BETA|none",
+                   help="emulated network (repeatable; default none)")
+    p.add_argument("--schemes", default=None, help="comma-separated scheme names to keep")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--reps", type=int, default=5, help="timed calls per scheme (median)")
+    p.add_argument("--json", metavar="FILE", help="write the records, one JSON object a line")
+    p.set_defaults(func=run)
+
+
+def _emulations(specs):
+    out = []
+    for spec in specs or ["none"]:
+        if spec == "none":
+            out.append((0.0, 0.0))
+        else:
+            a, b = spec.split(",")
+            out.append((float(a), float(b)))
+    return out
+
+
+# ---------------------------------------------------------------- schemes
+
+class Scheme:
+    """One allreduce scheme: `call()` does one whole step, `reset()` the
+    untimed preparation, `predicted` (bytes mean, bytes path, messages path)."""
+
+    def __init__(self, name, k, call, reset, predicted, sparse=True, free=None):
+        self.name, self.k, self.call, self.reset = name, k, call, reset
+        self.predicted, self.sparse, self.free = predicted, sparse, free
+
+
+def schemes(ch, g, density, teams, keep):
+    """Constructors of every scheme that applies to this world size."""
+    from ..comm import costmodel as cm
+    from ..comm.dense import allreduce_sum, ring_allreduce_sum
+    from ..comm.gtopk import gtopk, is_power_of_two
+    from ..comm.topka import topka
+    P, n, s = ch.size, g.size, g.dtype.itemsize
+    k = max(1, min(n, int(np.floor(n * density))))
+    buf, res, out = np.empty_like(g), np.zeros_like(g), np.empty_like(g)
+
+    def dense(name, fn, model):
+        def make():
+            b, m = model(n, s, P)
+            return Scheme(name, n, lambda: fn(buf, channel=ch), lambda: buf.__setitem__(
+                Ellipsis, g), (b, b, m), sparse=False)
+        return make
+
+    def ef(name, fn, model, path):
+        def make():
+            b = model(k, s, P)[0]
+            pb, pm = path(k, s, P)
+            return Scheme(name, k, lambda: fn(g, res, k, channel=ch, out=out),
+                          lambda: res.fill(0), (b, pb, pm))
+        return make
+
+    def spardl(d, sag):
+        def make():
+            from ..comm.spardl import SparDL
+            sd = SparDL(n, g.dtype, density, channel=ch, teams=d, sag=sag)
+            b, m = cm.spardl(n, s, P, density, teams=d, sag=sag)
+            name = "spardl" if d == 1 else f"spardl-d{d}-{'bsag' if sag == 'bruck' else 'rsag'}"
+
+            def reset():
+                sd.E.fill(0)
+                sd.h = sd.h_min          # B-SAG starts from h_0 in every call
+            return Scheme(name, (P // d) * sd.k_b, lambda: sd.allreduce(g, out), reset,
+                          (b, b, m), free=sd.free)
+        return make
+
+    made = [("dense-mpi", dense("dense-mpi", allreduce_sum, cm.dense_rabenseifner)),
+            ("dense-ring", dense("dense-ring", ring_allreduce_sum, cm.dense_ring)),
+            ("topka", ef("topka", topka, cm.topka, cm.topka))]
+    if is_power_of_two(P):
+        made.append(("gtopk", ef("gtopk", gtopk, cm.gtopk, cm.gtopk_path)))
+    made.append(("spardl", spardl(1, "bruck")))
+    ds = teams if teams is not None else [d for d in range(2, P + 1) if P % d == 0]
+    for d in ds:
+        if d <= 1 or P % d:
+            continue
+        made.append((f"spardl-d{d}-bsag", spardl(d, "bruck")))
+        if d & (d - 1) == 0:
+            made.append((f"spardl-d{d}-rsag", spardl(d, "recursive")))
+    return [(name, make) for name, make in made if keep is None or name in keep
+            or name.split("-d")[0] in keep]
+
+
+# ---------------------------------------------------------------- timing
+
+def time_scheme(ch, sc, reps):
+    """(median ms of the slowest rank, bytes, messages per call on this rank).
+
+    The scheme's traffic is booked under the channel's default label (its
+    sub-channels book there too); barriers and timing reductions under "sync"."""
+    label = ch.label
+    b0 = ch.counters.bytes.get(label, 0.0)
+    m0 = ch.counters.messages.get(label, 0)
+    times = []
+    for i in range(reps + 1):
+        sc.reset()
+        with ch.phase("sync"):
+            ch.Barrier()
+        t0 = time.perf_counter()
+        sc.call()
+        dt = time.perf_counter() - t0
+        with ch.phase("sync"):
+            dt = float(ch.allreduce_values([dt], op=_max())[0])
+        if i:
+            times.append(dt)
+    calls = reps + 1
+    return (1e3 * float(np.median(times)), (ch.counters.bytes.get(label, 0.0) - b0) / calls,
+            (ch.counters.messages.get(label, 0) - m0) / calls)
+
+
+def _max():
+    from mpi4py import MPI
+    return MPI.MAX
+
+
+def bench(topo, n, args, alpha, beta, keep):
+    from ..comm import costmodel as cm
+    from ..comm.channel import Channel, NetworkEmulation
+    ch = Channel(topo.world, emulate=NetworkEmulation(alpha, beta))
+    P = ch.size
+    g = np.random.default_rng([1, ch.rank]).standard_normal(n).astype(args.dtype)
+    s = g.dtype.itemsize
+    records, dense_ms = [], None
+    for name, make in schemes(ch, g, args.density, args.teams, keep):
+        sc = make()
+        ms, b, m = time_scheme(ch, sc, args.reps)
+        with ch.phase("sync"):
+            tot = ch.allreduce_values([b, m, b, b])
+        with ch.phase("sync"):
+            mx = ch.allreduce_values([b], op=_max())
+        if sc.free:
+            sc.free()
+        if name == "dense-mpi":
+            dense_ms = ms
+        pb, path_b, path_m = sc.predicted
+        emulated = alpha > 0 or beta > 0
+        records.append(dict(
+            scheme=name, P=P, n=n, k=sc.k, dtype=args.dtype, density=args.density,
+            alpha=alpha, beta=beta, ms=round(ms, 3),
+            bytes_per_rank=tot[0] / P, max_bytes_per_rank=float(mx[0]),
+            messages_per_rank=tot[1] / P, predicted_bytes=pb,
+            predicted_ms=round(1e3 * cm.alpha_beta_time(path_b, path_m, alpha, beta), 3)
+            if emulated else None,
+            lower_bound_bytes=cm.sparse_lower_bound(sc.k, s, P) if sc.sparse else None,
+            ratio_vs_dense=round(ms / dense_ms, 4) if dense_ms else None))
+    return records
+
+
+def print_table(records, where):
+    print(f"collectives: {where}")
+    print(f"{'network':>16} {'scheme':<18} {'P':>3} {'k':>9} {'ms':>9} {'MB/rank':>9} "
+          f"{'msgs':>6} {'pred MB':>9} {'pred ms':>8} {'x LB':>6} {'vs dense':>8}")
+    for r in records:
+        net = "none" if not (r["alpha"] or r["beta"]) else f"{r['alpha']:g},{r['beta']:g}"
+        lb = r["lower_bound_bytes"]
+        xlb = f"{r['bytes_per_rank'] / lb:.2f}" if lb else "-"
+        pm = "-" if r["predicted_ms"] is None else f"{r['predicted_ms']:.1f}"
+        vs = "-" if r["ratio_vs_dense"] is None else f"{r['ratio_vs_dense']:.3f}x"
+        print(f"{net:>16} {r['scheme']:<18} {r['P']:>3} {r['k']:>9} {r['ms']:>9.2f} "
+              f"{r['bytes_per_rank'] / 1e6:>9.3f} {r['messages_per_rank']:>6.2f} "
+              f"{r['predicted_bytes'] / 1e6:>9.3f} {pm:>8} {xlb:>6} {vs:>8}")
+
+
+def run(args):
+    from ..topology import Topology
+    topo = Topology()
+    keep = set(args.schemes.split(",")) if args.schemes else None
+    records = []
+    for n in args.n:
+        for alpha, beta in _emulations(args.emulate):
+            records += bench(topo, n, args, alpha, beta, keep)
+    if topo.is_root:
+        load = os.getloadavg()
+        where = (f"{_cpu_name()}, {os.cpu_count()} cores, {topo.size} ranks; dtype "
+                 f"{args.dtype}, density {args.density}, median of {args.reps}; "
+                 f"load average {load[0]:.2f} {load[1]:.2f}")
+        print_table(records, where)
+        if args.json:
+            with open(args.json, "w") as fh:
+                for r in records:
+                    fh.write(json.dumps(r) + "\n")
+    return 0
