@@ -1,0 +1,124 @@
+"""`python -m mpidsgd.train` as a user runs it: invalid input exits 2 with one
+line on rank 0 (serially and under mpiexec -n 4), a failing rank aborts the
+whole job, the built-in quickstart equals jobs/quickstart.toml.
+
+Every mpiexec here runs under MPIEXEC_TIMEOUT (set by conftest.py) and a
+subprocess timeout on top; those are the only clocks.
+"""
+import json
+import os
+import subprocess
+import sys
+import tomllib
+
+import numpy as np
+import pytest
+
+from mpidsgd import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--set", "data.n_samples=512", "--set", "data.n_test=64", "--set", "data.n_features=8",
+        "--set", "model.hidden=[8]", "--set", "run.steps=6", "--set", "run.eval_every=0"]
+
+
+def mpiexec():
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.path.exists(here) else "mpiexec"
+
+
+def launch(args, n=None, cwd=None, timeout=300):
+    cmd = [sys.executable, "-m", "mpidsgd.train", *args]
+    if n is not None:
+        cmd = [mpiexec(), "-n", str(n), *cmd]
+    env = {**os.environ, "MPIEXEC_TIMEOUT": str(timeout - 30)}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+BAD = [
+    (["--set", "run.bogus=1"], "unknown config key run.bogus"),
+    (["--set", "algo.name=nope"], "algo.name: unknown algorithm 'nope'"),
+    (["--set", "data.batch_size=\"big\""], "data.batch_size must be an integer"),
+    (["--set", "algo.lr=-1"], "algo.lr must be >= 0"),
+    (["--set", "data.name=\"file\"", "--set", "data.path=\"/nonexistent/x.npz\""], "/nonexistent/x.npz"),
+    (["--config", "/nonexistent/job.toml"], "config file /nonexistent/job.toml does not exist"),
+]
+
+
+def check_one_line(res, expect):
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr          # rank 0 only, no traceback
+    assert lines[0].startswith("mpidsgd: error: ") and expect in lines[0], lines[0]
+    assert "Traceback" not in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("args,expect", BAD)
+def test_invalid_input_serial_exit_2_one_line(args, expect, tmp_path):
+    check_one_line(launch(args, cwd=tmp_path), expect)
+
+
+def test_malformed_data_file_exit_2(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"this is not a zip archive")
+    res = launch(["--set", "data.name=\"file\"", "--set", f"data.path=\"{bad}\""], cwd=tmp_path)
+    check_one_line(res, "bad.npz")
+
+
+def test_invalid_input_under_mpiexec_4_same_decision_everywhere(tmp_path):
+    # the bad key reaches every rank; all four exit 2 and only rank 0 speaks
+    for args, expect in (BAD[0], BAD[4]):
+        check_one_line(launch(args, n=4, cwd=tmp_path), expect)
+
+
+def test_world_size_expectation(tmp_path):
+    env_args = ["--set", "run.steps=1"]
+    os.environ["MPIDSGD_EXPECT_WORLD_SIZE"] = "3"
+    try:
+        res = launch(env_args, n=2, cwd=tmp_path)
+    finally:
+        del os.environ["MPIDSGD_EXPECT_WORLD_SIZE"]
+    check_one_line(res, "MPI world size 2 differs from MPIDSGD_EXPECT_WORLD_SIZE=3")
+
+
+def test_exception_on_one_rank_aborts_the_job(tmp_path):
+    res = launch([*TINY, "--set", "run.steps=50", "--set", "debug.fail_at_step=3",
+                  "--set", "debug.fail_rank=2", "--set", f"run.out_dir=\"{tmp_path}\""],
+                 n=4, cwd=tmp_path)
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "injected fault at step 3 on rank 2" in out
+    assert "mpidsgd: rank 2 failed" in out
+    # the run never got to the end: no summary was written
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_small_run_writes_outputs_serial(tmp_path):
+    res = launch([*TINY, "--set", f"run.out_dir=\"{tmp_path}\""], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["steps"] == 6 and s["world_size"] == 1 and s["bytes_sent_per_rank"] == 0
+    resolved = tomllib.loads((tmp_path / "config.toml").read_text())
+    assert resolved["data"]["n_samples"] == 512 and resolved["algo"]["name"] == train.QUICKSTART["algo"]["name"]
+    assert "final" in res.stdout
+
+
+def test_quickstart_toml_spells_out_the_builtin_default():
+    with open(os.path.join(ROOT, "jobs", "quickstart.toml"), "rb") as fh:
+        job = tomllib.load(fh)
+    assert job == train.QUICKSTART
+
+
+def test_help_lists_options():
+    res = subprocess.run([sys.executable, "-m", "mpidsgd.train", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0
+    for opt in ("--config", "--set", "--resume", "--print-config"):
+        assert opt in res.stdout
+
+
+def test_print_config_resolves_overrides(tmp_path):
+    res = launch(["--set", "algo.lr=0.125", "--print-config"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    cfg = tomllib.loads(res.stdout)
+    assert cfg["algo"]["lr"] == 0.125
+    assert np.isclose(cfg["run"]["epochs"], train.QUICKSTART["run"]["epochs"])
