@@ -218,3 +218,23 @@ def test_algorithms_identical_params_density_one_equals_sgd_and_resume_bitwise()
             ok &= good
             why.append(f"{name}: {good}")
         assert_all(ok, "; ".join(why), comm=sub)
+
+
+@pytest.mark.parallel(nprocs=8)
+def test_dense_ring_allreduce_sums_and_books_like_the_cost_model_P_1_to_8():
+    from mpidsgd.comm.dense import ring_allreduce_sum
+    for P, sub in sub_comms(range(1, 9)):
+        if sub == MPI.COMM_NULL:
+            continue
+        ok = True
+        for n in (3, 37, 1000):         # n < P: empty chunks; uneven chunks
+            ch = Channel(sub)
+            rng = np.random.default_rng([n, P])
+            xs = rng.standard_normal((P, n))
+            y = xs[sub.rank].copy()
+            ring_allreduce_sum(y, channel=ch)
+            ok &= np.allclose(y, xs.sum(0), rtol=1e-13, atol=1e-13) and same_everywhere(y, sub)
+            b, m = ch.counters.bytes.get("train", 0.0), ch.counters.messages.get("train", 0)
+            mean_b = sub.allreduce(b) / P
+            ok &= np.isclose(mean_b, cm.dense_ring(n, 8, P)[0]) and m == cm.dense_ring(n, 8, P)[1]
+        assert_all(ok, f"ring P={P}", comm=sub)
