@@ -1,0 +1,111 @@
+"""Serial checks of the topka/gtopk baselines: cost-model figures against
+hand counts, the gTop-k merge, single-rank behaviour, config errors."""
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpidsgd import config as C
+from mpidsgd.algorithms.base import REGISTRY
+from mpidsgd.comm import costmodel as cm
+from mpidsgd.comm.channel import Channel
+from mpidsgd.comm.gtopk import gtopk, merge_topk
+from mpidsgd.comm.topka import topka
+
+
+def test_cost_model_figures_by_hand():
+    # TopkA, P = 8, k = 100 float32 entries: 7 * 100 * 8 bytes, 3 messages
+    assert cm.topka(100, 4, 8) == (5600.0, 3)
+    assert cm.topka(100, 8, 1) == (0.0, 0)
+    # gTop-k, P = 8: every rank but the root sends once in the tree; in the
+    # binomial broadcast round j, ranks r < 2^j send to r + 2^j
+    sent = {r: 0 for r in range(8)}
+    for r in range(1, 8):
+        sent[r] += 1                                  # every non-root merges once
+    for j in range(3):
+        for r in range(2 ** j):
+            sent[r] += 1
+    for r in range(8):
+        assert cm.gtopk_rank(10, 4, 8, r) == (sent[r] * 80.0, sent[r])
+    assert sum(sent.values()) == 14 and cm.gtopk(10, 4, 8) == (14 / 8 * 80, 14 / 8)
+    assert cm.gtopk_path(10, 4, 8) == (6 * 80.0, 6)
+    # lower bound: k(P-1)/P entries; SparDL d = 1 sends exactly twice that
+    assert cm.sparse_lower_bound(800, 4, 8) == 700 * 8
+    c, k_b = cm.spardl_block(8000, 8, 0.1)
+    assert cm.spardl(8000, 4, 8, 0.1)[0] == 2 * cm.sparse_lower_bound(8 * k_b, 4, 8)
+    assert cm.oktopk_bound(800, 4, 8) == (3 * 700 * 8, 2 * 8 + 6)
+
+
+def _ref_merge(a_idx, a_val, b_idx, b_val, k):
+    d = {}
+    for i, v in zip(a_idx, a_val):
+        d[int(i)] = d.get(int(i), 0.0) + float(v)
+    for i, v in zip(b_idx, b_val):
+        d[int(i)] = d.get(int(i), 0.0) + float(v)
+    keep = sorted(sorted(d, key=lambda i: (-abs(d[i]), i))[:k])
+    return keep, [d[i] for i in keep]
+
+
+def test_gtopk_merge_adds_common_indices_and_cuts_to_k():
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        n, k = 50, 6
+        a_idx = np.sort(rng.choice(n, k, replace=False)).astype(np.int32)
+        b_idx = np.sort(rng.choice(n, k, replace=False)).astype(np.int32)
+        a_val, b_val = rng.standard_normal(k), rng.standard_normal(k)
+        if trial % 2 and a_idx[0] not in b_idx:   # force a cancellation and a tie
+            b_idx[0] = a_idx[0]
+            order = np.argsort(b_idx)
+            b_idx, b_val = b_idx[order], b_val[order]
+            j = int(np.flatnonzero(b_idx == a_idx[0])[0])
+            b_val[j] = -a_val[0]
+            b_val[(j + 1) % k] = a_val[1]
+        idx, val = merge_topk(a_idx, a_val, b_idx, b_val, k, np)
+        ref_idx, ref_val = _ref_merge(a_idx, a_val, b_idx, b_val, k)
+        assert idx.tolist() == ref_idx and np.array_equal(val, ref_val)
+        assert idx.dtype == np.int32
+
+
+@pytest.mark.parametrize("fn", [topka, gtopk])
+def test_single_rank_is_local_topk_with_error_feedback(fn):
+    rng = np.random.default_rng(1)
+    g, e = rng.standard_normal(40), rng.standard_normal(40)
+    acc = g + e
+    keep = np.sort(np.argsort(-np.abs(acc), kind="stable")[:5])
+    res = e.copy()
+    ch = Channel(MPI.COMM_SELF)
+    out = fn(g, res, 5, channel=ch)
+    want = np.zeros(40)
+    want[keep] = acc[keep]
+    assert np.array_equal(out, want)
+    assert np.array_equal(res + out, acc) and np.count_nonzero(res[keep]) == 0
+    assert ch.counters.bytes.get("train", 0) == 0
+
+
+@pytest.mark.parametrize("fn", [topka, gtopk])
+def test_k_out_of_range_is_an_error(fn):
+    with pytest.raises(ValueError, match="k = 0"):
+        fn(np.ones(4), np.zeros(4), 0, channel=Channel(MPI.COMM_SELF))
+
+
+@pytest.mark.parametrize("name", ["topka", "gtopk"])
+def test_options_and_errors_name_the_key(name):
+    cfg = C.load(None, [f"algo.name='{name}'", "run.steps=1", "algo.density=0.05",
+                        "algo.warmup_dense_steps=3"])
+    assert cfg.algo.options.density == 0.05 and cfg.algo.options.warmup_dense_steps == 3
+    assert C.load(None, [f"algo.name='{name}'", "run.steps=1"]).algo.options.density == 0.01
+    with pytest.raises(C.ConfigError, match="algo.density"):
+        C.load(None, [f"algo.name='{name}'", "run.steps=1", "algo.density=0"])
+    with pytest.raises(C.ConfigError, match="algo.warmup_dense_steps"):
+        C.load(None, [f"algo.name='{name}'", "run.steps=1", "algo.warmup_dense_steps=-1"])
+    with pytest.raises(C.ConfigError, match="algo.teams"):
+        C.load(None, [f"algo.name='{name}'", "run.steps=1", "algo.teams=2"])
+
+
+def test_gtopk_needs_a_power_of_two_world():
+    cfg = C.load(None, ["algo.name='gtopk'", "run.steps=1"])
+    for p in (1, 2, 4, 8, 64):
+        REGISTRY["gtopk"].check_world(cfg, p)
+    for p in (3, 6, 12):
+        with pytest.raises(C.ConfigError, match="algo.name: gtopk needs a power-of-two"):
+            REGISTRY["gtopk"].check_world(cfg, p)
+    REGISTRY["topka"].check_world(cfg, 3)
