@@ -408,3 +408,79 @@ def reference() -> list:
     for sec, cls in SECTIONS.items():
         walk(cls, sec)
     return rows
+
+
+def algorithm_reference() -> list:
+    """(key, default, meaning, algorithms) rows of the algorithm-specific keys
+    under [algo], merged over every registered algorithm that declares them;
+    plus (key, default, "default for <name>", [name]) rows for algorithms that
+    change a common default."""
+    from .algorithms import REGISTRY
+    merged = {}
+    for name in sorted(REGISTRY):
+        cls = REGISTRY[name]
+        opt = getattr(cls, "Options", None)
+        if opt is not None:
+            for f in fields(opt):
+                if f.metadata.get("skip"):
+                    continue
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                key = (f"algo.{f.name}", repr(default), f.metadata.get("doc", ""))
+                merged.setdefault(key, []).append(name)
+    return [(k, eval_default(d), doc_, names) for (k, d, doc_), names in merged.items()]
+
+
+def eval_default(text):
+    import ast
+    return ast.literal_eval(text)
+
+
+def _md_value(v):
+    return "`" + (_toml_value(v) if v != "" else '""') + "`"
+
+
+def markdown() -> str:
+    """The configuration reference as Markdown tables (README section)."""
+    from .algorithms import REGISTRY
+    out = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, meaning in reference():
+        out.append(f"| `{key}` | {_md_value(default)} | {meaning} |")
+    rows = algorithm_reference()
+    out += ["", "Algorithm-specific keys (same flat `[algo]` table; an algorithm rejects "
+            "the keys it does not know):", "",
+            "| key | algorithms | default | meaning |", "|---|---|---|---|"]
+    for key, default, meaning, names in sorted(rows, key=lambda r: (r[0], r[3])):
+        out.append(f"| `{key}` | {', '.join(names)} | {_md_value(default)} | {meaning} |")
+    changed = [(n, REGISTRY[n].defaults) for n in sorted(REGISTRY) if getattr(REGISTRY[n], "defaults", None)]
+    if changed:
+        out += ["", "Common defaults an algorithm changes: " + "; ".join(
+            f"`{n}`: " + ", ".join(f"`algo.{k} = {_toml_value(v)}`" for k, v in d.items())
+            for n, d in changed) + "."]
+    return "\n".join(out)
+
+
+def _main(argv=None):
+    """`python -m mpidsgd.config [--readme README.md]`: print the reference,
+    or rewrite the README's config tables between their markers."""
+    import argparse
+    import re
+    ap = argparse.ArgumentParser(prog="python -m mpidsgd.config", description=_main.__doc__)
+    ap.add_argument("--readme", help="rewrite the tables between <!-- config:table --> markers")
+    args = ap.parse_args(argv)
+    text = markdown()
+    if not args.readme:
+        print(text)
+        return 0
+    src = open(args.readme).read()
+    new, n = re.subn(r"(<!-- config:table -->\n).*?(<!-- /config:table -->)",
+                     lambda m: m.group(1) + text + "\n" + m.group(2), src, flags=re.S)
+    if n != 1:
+        raise SystemExit(f"{args.readme}: no <!-- config:table --> block")
+    with open(args.readme, "w") as fh:
+        fh.write(new)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(_main())

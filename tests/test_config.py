@@ -59,3 +59,22 @@ def test_reference_lists_every_key():
     for key in ("run.seed", "data.batch_size", "model.l2", "algo.lr", "comm.cuda_aware",
                 "comm.emulate.alpha", "checkpoint.every"):
         assert key in keys
+
+
+def test_readme_documents_every_key_with_its_default():
+    """Every common key and every algorithm's own key appears in the README's
+    configuration tables with the default the code uses (regenerate with
+    `python -m mpidsgd.config --readme README.md`)."""
+    import os
+    import re
+    from mpidsgd import config as C
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "README.md")).read()
+    m = re.search(r"<!-- config:table -->\n(.*?)<!-- /config:table -->", text, re.S)
+    assert m, "README.md lacks the <!-- config:table --> block"
+    assert m.group(1).strip() == C.markdown().strip(), \
+        "README config tables are stale: run python -m mpidsgd.config --readme README.md"
+    for key, default, meaning in C.reference():
+        assert f"| `{key}` | {C._md_value(default)} |" in m.group(1)
+    for key, default, meaning, names in C.algorithm_reference():
+        assert f"| `{key}` | {', '.join(names)} | {C._md_value(default)} |" in m.group(1)
