@@ -1,0 +1,218 @@
+"""SparDL collective under MPI against the plain serial simulation of the spec
+(tests/spardl_ref.py), plus the six tests of algorithms/spardl.md:
+
+1 identical results on all ranks; density 1 (d = 1) is the dense mean, E = 0
+2 conservation of gradient mass; off the final support E_new = g + E_old exactly
+3 exactly P' k_b selections; the round-i SRS message holds s_i k_b entries
+4 counted bytes and messages per rank equal comm/costmodel.spardl exactly
+5 batched rounds = one block per exchange (results and residuals)
+6 k_b clamps to >= 1; padding never leaks (n not divisible by P)
+
+One 8-rank launch covers P = 1..8 (sub-communicators) and teams (8, 2),
+(8, 4), (6, 3), (4, 2) with both SAGs; one 12-rank launch covers P = 11 and
+teams (12, 3), (12, 4), (12, 2)."""
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpidsgd.comm import costmodel as cm
+from mpidsgd.comm.channel import Channel
+from mpidsgd.comm.spardl import SparDL
+from mpidsgd.comm.spar_reduce_scatter import srs_schedule
+from mpiutil import assert_all, sub_comms
+from spardl_ref import simulate
+
+STEPS = 2
+
+
+def gradients(seed, P, n, dtype, steps=STEPS):
+    """Every rank's gradients for every step, from one seed (all ranks agree)."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((P, n)).astype(dtype) for _ in range(steps)]
+
+
+def run_case(sub, n, density, dtype, teams=1, sag="bruck", batched=True, seed=0, unbatched=False):
+    """STEPS SparDL steps on `sub` vs the serial simulation; returns
+    (ok, reasons, outs, residuals) for this rank."""
+    P, q = sub.size, sub.rank
+    ch = Channel(sub)
+    sd = SparDL(n, dtype, density, channel=ch, teams=teams, sag=sag, batched=batched)
+    Gs = gradients(seed + 1000 * P + n, P, n, dtype)
+    E_ref = np.zeros((P, n), dtype)
+    h_ref = {r: max(1, sd.k_b // teams) for r in range(P // teams)}
+    ok, why, outs, ress = True, [], [], []
+    tag = f"P={P} n={n} dens={density} {np.dtype(dtype).name} d={teams} {sag} batched={batched}"
+    for step, G in enumerate(Gs):
+        ref = simulate(G, E_ref, density, teams, sag, h_ref)
+        E_old = sd.residual().copy()
+        b0, m0 = ch.counters.snapshot()
+        h_used = sd.h
+        out = np.full(n, np.nan, dtype)
+        sd.allreduce(G[q].copy(), out=out)
+        b1, m1 = ch.counters.snapshot()
+        E_new = sd.residual()
+        outs.append(out.copy())
+        ress.append(E_new.copy())
+
+        def check(cond, what):
+            nonlocal ok
+            if not cond:
+                ok = False
+                why.append(f"{tag} step {step}: {what}")
+        # the serial simulation of the spec, bit for bit
+        check(np.array_equal(out, ref["out"]), "result differs from the serial simulation")
+        check(np.array_equal(E_new, ref["E"][q]), "residual differs from the serial simulation")
+        check(not sd.E[n:].any() and not ref["pad"].any(), "padding of E not zero")
+        check(np.array_equal(np.sort(sd.last["support"]), ref["support"]), "support differs")
+        # (1) identical on all ranks
+        allout = sub.allgather(out)
+        check(all(np.array_equal(allout[0], o) for o in allout), "results differ across ranks")
+        # (2) conservation and the off-support rule
+        Es = np.array(sub.allgather(E_new.copy()))
+        Eo = np.array(sub.allgather(E_old))
+        lhs = Es.astype(np.float64).sum(0) + P * out.astype(np.float64)
+        rhs = (G.astype(np.float64) + Eo).sum(0)
+        eps = np.finfo(dtype).eps
+        scale = np.abs(G).max() + np.abs(Eo).max()
+        check(np.abs(lhs - rhs).max() <= 8 * P * eps * scale, "gradient mass not conserved")
+        off = np.setdiff1d(np.arange(n), sd.support())
+        check(np.array_equal(E_new[off], (G[q] + E_old)[off]), "off-support residual != g + E_old")
+        # (3) selections and SRS message sizes
+        pt = P // teams
+        check(sd.last["selected"] == (pt * sd.k_b if teams == 1 else ref["support"].size),
+              f"selected {sd.last['selected']} != P' k_b")
+        want = [s * sd.k_b for _, s in srs_schedule(pt)]
+        got = sd.last["srs_entries"]
+        check((got == want) if batched else (sum(got) == sum(want) and set(got) <= {sd.k_b}),
+              f"SRS entries {got} != {want}")
+        if teams > 1 and sag == "bruck":
+            check(sd.last["union"] == ref["union"][q % pt], "B-SAG union size differs")
+        # (4) counted bytes and messages = cost model
+        nb = b1.get("train", 0) - b0.get("train", 0)
+        nm = m1.get("train", 0) - m0.get("train", 0)
+        pred = cm.spardl(n, np.dtype(dtype).itemsize, P, density, teams=teams, sag=sag,
+                         h=h_used, batched=batched)
+        check((nb, nm) == pred, f"counted {(nb, nm)} != predicted {pred}")
+        if teams == 1 and batched:
+            check(nb == 2 * sd.k_b * (P - 1) * (4 + np.dtype(dtype).itemsize)
+                  and nm == 2 * cm.log2ceil(P), "d = 1 bytes/messages off the spec formula")
+        # (1) density 1 with d = 1 (or R-SAG, which keeps every entry): dense mean, E = 0
+        if density == 1.0 and (teams == 1 or sag == "recursive"):
+            dense = (G.astype(np.float64) + Eo).mean(0)
+            check(np.allclose(out, dense, rtol=4 * P * eps, atol=4 * P * eps * scale),
+                  "density 1 is not the dense mean")
+            check(not E_new.any(), "density 1 leaves a residual")
+        E_ref = ref["E"]
+        h_ref = ref["h"] if teams > 1 and sag == "bruck" else h_ref
+        if teams > 1 and sag == "bruck":
+            check(sd.h == h_ref[q % pt], f"B-SAG h {sd.h} != {h_ref[q % pt]}")
+    sd.free()
+    return ok, why, outs, ress
+
+
+def check_cases(sub, cases):
+    ok, why = True, []
+    for kw in cases:
+        good, reasons, outs, ress = run_case(sub, **kw)
+        ok &= good
+        why += reasons
+        if kw.get("unbatched"):
+            # (5) one block per exchange gives the same numbers
+            _, reasons2, outs2, ress2 = run_case(sub, **{**kw, "batched": False})
+            same = all(np.array_equal(a, b) for a, b in zip(outs + ress, outs2 + ress2))
+            ok &= same and not reasons2
+            why += reasons2 + ([] if same else [f"{kw}: unbatched differs"])
+    assert_all(ok, "; ".join(why[:6]), comm=sub)
+
+
+# unbatched=True: also run one block per exchange and compare (spec test 5)
+D1_CASES = [dict(n=37, density=1.0, dtype=np.float64),       # padding: 37 = 8*5 - 3
+            dict(n=301, density=0.05, dtype=np.float64, unbatched=True),
+            dict(n=301, density=0.2, dtype=np.float32),
+            dict(n=53, density=1e-4, dtype=np.float32)]      # k_b clamps to 1
+
+
+@pytest.mark.parallel(nprocs=8)
+def test_spardl_d1_for_P_1_to_8_and_teams_against_serial_simulation():
+    for P, sub in sub_comms(range(1, 9)):
+        if sub != MPI.COMM_NULL:
+            check_cases(sub, D1_CASES)
+    team_cases = {8: [(2, "bruck"), (4, "bruck"), (2, "recursive"), (4, "recursive"), (8, "bruck")],
+                  6: [(3, "bruck"), (2, "recursive")], 4: [(2, "bruck"), (4, "recursive")]}
+    for P, sub in sub_comms(sorted(team_cases)):
+        if sub == MPI.COMM_NULL:
+            continue
+        cases = [dict(n=n, density=dens, dtype=dt, teams=d, sag=sag)
+                 for d, sag in team_cases[P]
+                 for n, dens, dt in [(301, 0.1, np.float64), (45, 1.0, np.float32)]]
+        check_cases(sub, cases)
+
+
+@pytest.mark.parallel(nprocs=12)
+def test_spardl_P11_and_twelve_ranks_in_teams():
+    for P, sub in sub_comms([11, 12]):
+        if sub == MPI.COMM_NULL:
+            continue
+        if P == 11:
+            check_cases(sub, D1_CASES[:3])
+        else:
+            check_cases(sub, [dict(n=301, density=0.1, dtype=np.float64, teams=3, sag="bruck"),
+                              dict(n=301, density=0.1, dtype=np.float32, teams=4, sag="recursive"),
+                              dict(n=97, density=1.0, dtype=np.float64, teams=2, sag="recursive")])
+
+
+# ---------------------------------------------------------------- the algorithm
+
+def build(sub, algo, steps, *sets):
+    from mpidsgd import config as C
+    from mpidsgd.topology import Topology
+    from mpidsgd.train import build as build_run
+    cfg = C.load(None, [f"algo.name='{algo}'", f"run.steps={steps}", "data.n_samples=1024",
+                        "data.n_test=64", "data.n_features=8", "data.n_classes=3",
+                        "data.batch_size=16", "model.hidden=[16]", "algo.lr=0.1",
+                        "algo.momentum=0.9", "algo.weight_decay=1e-3", "run.dtype='float64'",
+                        *sets])
+    return build_run(cfg, Topology(sub))
+
+
+def train(ctx, steps):
+    for _ in range(steps):
+        ctx["algo"].step(ctx["data"].train)
+    return ctx["algo"]
+
+
+def same_everywhere(a, comm):
+    got = comm.allgather(np.asarray(a))
+    return all(np.array_equal(got[0], x) for x in got)
+
+
+@pytest.mark.parallel(nprocs=4)
+def test_algorithm_identical_params_density_one_is_sgd_and_resume_bitwise():
+    comm = MPI.COMM_WORLD
+    ok, why = True, []
+    dense = train(build(comm, "sgd", 4), 4).params.copy()
+    full = train(build(comm, "spardl", 4, "algo.density=1.0"), 4)
+    good = np.allclose(full.params, dense, rtol=1e-12, atol=1e-13) and not full.sd.residual().any()
+    ok &= good
+    why.append(f"density 1 = sgd: {good}")
+    for teams, sag in [(1, "bruck"), (2, "bruck"), (2, "recursive"), (4, "bruck")]:
+        opts = ["algo.density=0.05", f"algo.teams={teams}", f"algo.sag='{sag}'",
+                "algo.warmup_dense_steps=1", "algo.nesterov=true"]
+        a = train(build(comm, "spardl", 6, *opts), 6)
+        good = same_everywhere(a.params, comm) and not same_everywhere(a.sd.residual(), comm)
+        good &= not np.allclose(a.params, dense) and a.sd.residual().any()
+        # resume from the state_dict at step 3 continues bit for bit
+        b = train(build(comm, "spardl", 6, *opts), 3)
+        state = {s: {k: np.array(v, copy=True) for k, v in d.items()}
+                 for s, d in b.state_dict().items()}
+        ctx = build(comm, "spardl", 6, *opts)
+        c = ctx["algo"]
+        c.load_state_dict(state)
+        for _ in range(3):                      # replay the data order of the first 3 steps
+            ctx["data"].train.next_batch()
+        train(ctx, 3)
+        good &= np.array_equal(c.params, a.params)
+        good &= np.array_equal(c.sd.residual(), a.sd.residual()) and c.sd.h == a.sd.h
+        ok &= good
+        why.append(f"teams={teams} {sag}: {good}")
+    assert_all(ok, "; ".join(why))
