@@ -24,7 +24,7 @@ from .base import Algorithm, StepInfo, register
 class SparDLOptions:
     density: float = doc(0.01, "share of each block sent: k_b = max(1, floor(ceil(n / (P/teams)) * density))")
     teams: int = doc(1, "SparDL teams d (divides the world size); d > 1 adds a Spar-All-Gather")
-    sag: str = doc("bruck", "Spar-All-Gather across teams: bruck (B-SAG, any d) | recursive (R-SAG, d a power of two)")
+    sag: str = doc("bruck", "Spar-All-Gather across teams: bruck (B-SAG, any d) or recursive (R-SAG, d a power of two)")
     warmup_dense_steps: int = doc(0, "dense allreduce steps before switching to sparse")
 
     def validate(self, cfg):
