@@ -1,0 +1,373 @@
+"""What the variance-reduced methods (centralvr, saga, svrg) share: options, the
+gradient tableau, batch drawing, the per-epoch weighted average, the exact
+full-gradient metric, and checkpoint state.
+
+Each step takes one batch; a local epoch is `shard.steps_per_epoch` steps. At
+the end of an epoch (and at the last step of the run) `end_epoch` exchanges
+what the method exchanges. Weights w_k = n_k / N (n_k = samples of rank k's
+shard, N their sum over ranks holding data) are multiplied in before an
+allreduce, so w = 1.0 exactly at P = 1.
+
+Metrics: the relative full-gradient norm ||∇f(x)|| / ||∇f(x0)|| is computed
+exactly over every shard (collective, phase `metrics`, not counted as gradient
+evaluations) every `algo.metric_every` epochs and at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import ConfigError, doc
+from .base import Algorithm, StepInfo
+
+DRAW = 0x5A9        # stream tag: with-replacement draws and block orders
+LINEAR = ("ridge", "logreg", "softmax")
+
+
+@dataclass
+class VROptions:
+    mode: str = doc("sync", "single (one rank) | sync (allreduce per epoch) | async (centralvr: rank 0 serves)")
+    table: str = doc("auto", "tableau entries: samples (linear models: dℓ/dz per sample) | blocks "
+                             "(mean gradient of fixed mini-batches, any model) | auto")
+    sampling: str = doc("permutation", "batch draws: permutation (each sample once per epoch) | "
+                                       "replacement (saga only, as in the SAGA paper)")
+    metric_every: int = doc(1, "exact relative full-gradient norm every this many epochs (0 = only at the end)")
+
+
+def table_kind(cfg):
+    kind = cfg.algo.options.table
+    return ("samples" if cfg.model.name in LINEAR else "blocks") if kind == "auto" else kind
+
+
+def check_vr_config(cls, cfg, world_size):
+    """ConfigErrors naming the key, decided alike on every rank."""
+    o = cfg.algo.options
+    if o.mode not in cls.modes:
+        raise ConfigError(f"algo.mode must be one of {' | '.join(cls.modes)} for {cls.name}, got {o.mode!r}")
+    if o.table not in ("auto", "samples", "blocks"):
+        raise ConfigError(f"algo.table must be auto, samples or blocks, got {o.table!r}")
+    if o.table == "samples" and cfg.model.name not in LINEAR:
+        raise ConfigError(f"algo.table = samples needs a linear model ({', '.join(LINEAR)}); "
+                          f"model.name is {cfg.model.name!r}: use blocks")
+    if o.sampling not in ("permutation", "replacement"):
+        raise ConfigError(f"algo.sampling must be permutation or replacement, got {o.sampling!r}")
+    if o.sampling == "replacement" and cls.name != "saga":
+        raise ConfigError(f"algo.sampling = replacement is a saga option, not {cls.name}'s")
+    if o.metric_every < 0:
+        raise ConfigError("algo.metric_every must be >= 0")
+    if cfg.algo.momentum != 0 or cfg.algo.optimizer != "sgd" or cfg.algo.weight_decay != 0:
+        raise ConfigError(f"algo.momentum: {cls.name} applies its own update; momentum and "
+                          "weight_decay must be 0 and optimizer sgd (use model.l2)")
+    if world_size is not None:
+        if o.mode == "single" and world_size != 1:
+            raise ConfigError(f"algo.mode = single runs on 1 rank, not {world_size}; use sync")
+        if o.mode == "async" and world_size < 2:
+            raise ConfigError("algo.mode = async needs at least 2 ranks (rank 0 is the server)")
+
+
+class Tableau:
+    """Stored data gradients, one entry per sample or per fixed block.
+
+    samples (linear models): entry i = dℓ_i/dz at the x it was computed at,
+    1 number per sample (C for softmax); the gradient is X_iᵀ·entry, so the
+    table costs n (or n·C) numbers instead of n·d.
+    blocks (any model): block b = shard positions [bB, (b+1)B) for b <
+    steps_per_epoch; entry = the block's mean data gradient, (n/B)·d numbers.
+    """
+
+    def __init__(self, kind, model, shard, xp):
+        self.kind, self.model, self.xp = kind, model, xp
+        self.X, self.y, self.B = shard.X, shard.y, shard.batch_size
+        if kind == "samples":
+            C = getattr(model, "n_linear", None)
+            shape = (shard.n,) if C is None else (shard.n, C)
+        else:
+            shape = (shard.steps_per_epoch, model.layout.size)
+        self.slots = shape[0]
+        self.T = xp.zeros(shape, dtype=model.dtype)
+
+    @property
+    def numbers(self) -> int:
+        return int(self.T.size)
+
+    def block(self, b):
+        sl = slice(b * self.B, (b + 1) * self.B)
+        return self.X[sl], self.y[sl]
+
+    def data_grad(self, X, E, out):
+        """out = mean data gradient of the batch from its fresh entries E."""
+        if self.kind == "samples":
+            self.model.grad_from_derivs(X, E, out)
+        else:
+            out[...] = E
+
+    def correction(self, X, E, ids, out):
+        """out = mean over the batch of (fresh - stored) data gradients."""
+        if self.kind == "samples":
+            self.model.grad_from_derivs(X, E - self.T[ids], out)
+        else:
+            self.xp.subtract(E, self.T[ids[0]], out=out)
+
+    def store(self, ids, E):
+        if self.kind == "samples":
+            self.T[ids] = E
+        else:
+            self.T[ids[0]] = E
+
+    def mean(self, out):
+        """out = mean of the entries as a data gradient (every slot counts)."""
+        if self.kind == "samples":
+            self.model.grad_from_derivs(self.X, self.T, out)
+        else:
+            self.T.mean(axis=0, out=out)
+
+
+def loss_and_derivs(model, x, X, y):
+    """(mean data loss, per-sample dℓ/dz) of a linear model in one forward pass."""
+    Xf = model._flat_input(X)
+    loss, D = model._loss_derivs_(model._forward(x, Xf), model._targets(y))
+    return float(loss), D
+
+
+def advance(shard):
+    """Move the shard's data order by one batch without gathering it."""
+    shard.pos += 1
+    if shard.pos == shard.steps_per_epoch:
+        shard.epoch, shard.pos = shard.epoch + 1, 0
+
+
+class VRBase(Algorithm):
+    """Shared driver; subclasses give update(), begin_epoch(), end_epoch()."""
+
+    Options = VROptions
+    modes = ("single", "sync")
+    uses_table = True
+
+    @classmethod
+    def check_config(cls, cfg):
+        import sys
+        mpi = sys.modules.get("mpi4py.MPI")
+        size = mpi.COMM_WORLD.Get_size() if mpi is not None and mpi.Is_initialized() else None
+        check_vr_config(cls, cfg, size)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        o = self.opts
+        self.mode, self.sampling, self.metric_every = o.mode, o.sampling, o.metric_every
+        check_vr_config(type(self), self.cfg, self.size)
+        self.synchronous = self.mode != "async"
+        self.is_server = False
+        self.kind = table_kind(self.cfg)
+        self.l2 = self.model.l2
+        xp, d, dt = self.xp, self.params.size, self.params.dtype
+        self.gbar, self.gk, self.v = xp.zeros(d, dt), xp.zeros(d, dt), xp.zeros(d, dt)
+        self.buf = xp.zeros(2 * d, dt)
+        self.epoch = 0
+        self.tab = None
+        self.history = []
+        self.final_rel = None
+        self.g0 = 1.0
+        self.async_totals = {}
+
+    # -- set-up (collective) ---------------------------------------------------------
+    def plan(self, shard):
+        super().plan(shard)
+        self.shard = shard
+        holds_data = not (self.mode == "async" and self.rank == 0)
+        self.n_k = shard.n if holds_data else 0
+        counts = np.zeros(self.size, np.float64)
+        with self.channel.phase("setup"):
+            self.channel.Allgather(np.array([float(self.n_k)]), counts)
+        self.N = float(counts.sum())
+        self.weights = counts / self.N
+        self.w = float(self.weights[self.rank])
+        if holds_data and (self.uses_table or self.kind == "samples"):
+            self.tab = Tableau(self.kind, self.model, shard, self.xp)
+        g0 = self.full_grad_norm(self.params)
+        self.g0 = g0 if g0 > 0 else 1.0
+
+    # -- one step ----------------------------------------------------------------------
+    def step(self, shard) -> StepInfo:
+        if self.is_server:
+            self.serve()
+            return StepInfo()
+        before = self.samples
+        if shard.pos == 0:
+            self.begin_epoch(shard)
+        X, y, ids = self.draw(shard)
+        loss = self.update(X, y, ids)
+        self.step_count += 1
+        self.pending = True
+        extra = {}
+        last = self.step_count >= self.total_steps
+        if shard.pos == 0 or last:
+            self.end_epoch(shard, last)
+            self.epoch += 1
+            self.pending = False
+            if self.mode != "async" and self.metric_due() and not last:
+                extra["rel_grad_norm"] = self.record_metric()
+        return StepInfo(loss=loss, samples=self.samples - before, extra=extra)
+
+    def metric_due(self):
+        return self.metric_every > 0 and self.epoch % self.metric_every == 0
+
+    def begin_epoch(self, shard):
+        """Start of a local epoch (svrg: snapshot; saga: reset the running mean)."""
+
+    def draw(self, shard):
+        """(X, y, ids) of this step; moves the shard's data order by one batch."""
+        B = shard.batch_size
+        if self.tab is not None and self.tab.kind == "blocks":
+            if self.sampling == "replacement":
+                b = int(self._rng(shard).integers(self.tab.slots))
+            else:
+                rng = np.random.default_rng([self.cfg.run.seed, DRAW, shard.epoch, shard.rank])
+                b = int(rng.permutation(self.tab.slots)[shard.pos])
+            advance(shard)
+            X, y = self.tab.block(b)
+            return X, y, np.array([b])
+        if self.sampling == "replacement":
+            ids = self._rng(shard).integers(0, shard.n, size=B)
+            advance(shard)
+            return shard.X[ids], shard.y[ids], ids
+        return shard.next_batch()
+
+    def _rng(self, shard):
+        # a pure function of (seed, epoch, pos, rank): resumes exactly, no state to save
+        return np.random.default_rng([self.cfg.run.seed, DRAW, shard.epoch, shard.pos, shard.rank, 1])
+
+    def evaluate(self, x, X, y):
+        """(loss, fresh entries) at x: dℓ/dz per sample, or the block's data gradient.
+        Counts the samples and applies compute emulation, like compute_grad."""
+        import time
+        t0 = time.perf_counter() if self.compute_emu.active else 0.0
+        if self.kind == "samples":
+            loss, E = loss_and_derivs(self.model, x, X, y)
+            if self.l2:
+                loss += 0.5 * self.l2 * float(x @ x)
+        else:
+            E = self.xp.empty_like(x)
+            loss = self.model.loss_grad(x, X, y, E)
+            if self.l2:
+                E -= self.l2 * x
+        if self.compute_emu.active:
+            self.backend.synchronize()
+            self.compute_emu.delay(time.perf_counter() - t0)
+        self.samples += int(X.shape[0])
+        return loss, E
+
+    # -- exchanges ---------------------------------------------------------------------
+    def average(self, x, g, gbar_out):
+        """(x, ḡ) <- Σ_k w_k (x_k, g_k): one allreduce of 2d numbers (sync)."""
+        d = x.size
+        if self.mode == "single":
+            gbar_out[...] = g
+            return
+        buf = self.buf
+        self.xp.multiply(x, self.w, out=buf[:d])
+        self.xp.multiply(g, self.w, out=buf[d:])
+        self.channel.Allreduce(buf)
+        x[...] = buf[:d]
+        gbar_out[...] = buf[d:]
+
+    # -- exact full gradient -----------------------------------------------------------
+    def local_grad_sum(self, x, out, with_l2=False, keep=None):
+        """out = Σ over this shard of ∇(data loss)_i at x (+ n_k·l2·x); `keep`
+        receives the per-sample dℓ/dz (linear models)."""
+        out[...] = 0
+        if self.n_k == 0:
+            return out
+        tmp = self.xp.empty_like(out)
+        for Xb, yb, idx in self.shard.iter_batches(4096):
+            m = int(Xb.shape[0])
+            if self.kind == "samples":
+                _, D = loss_and_derivs(self.model, x, Xb, yb)
+                if keep is not None:
+                    keep[idx[0]:idx[-1] + 1] = D
+                self.model.grad_from_derivs(Xb, D, tmp, scale=m)
+            else:
+                self.model.loss_grad(x, Xb, yb, tmp)
+                if self.l2:
+                    tmp -= self.l2 * x
+                tmp *= m
+            out += tmp
+        if with_l2 and self.l2:
+            out += (self.n_k * self.l2) * x
+        return out
+
+    def full_grad(self, x, out, keep=None):
+        """out = ∇f(x) over every rank's shard (collective)."""
+        self.local_grad_sum(x, out, keep=keep)
+        self.channel.Allreduce(out)
+        out /= self.N
+        if self.l2:
+            out += self.l2 * x
+        return out
+
+    def full_grad_norm(self, x) -> float:
+        g = self.xp.zeros_like(x)
+        with self.channel.phase("metrics"):
+            self.full_grad(x, g)
+        return float(self.xp.linalg.norm(g.astype(np.float64)))
+
+    def record_metric(self) -> float:
+        rel = self.full_grad_norm(self.params) / self.g0
+        self.history.append([self.epoch, self.samples, rel])
+        return rel
+
+    # -- end of run ------------------------------------------------------------------------
+    def finish(self):
+        if self.mode == "async":
+            self.finish_async()
+        elif getattr(self, "pending", False):
+            # stopped mid-epoch (signal, time limit): average the local iterates
+            self.tab.mean(self.gk) if self.tab is not None else None
+            self.average(self.params, self.gk, self.gbar)
+            self.pending = False
+        self.final_rel = self.full_grad_norm(self.params) / self.g0
+        with self.channel.phase("metrics"):
+            tot = self.channel.allreduce_values(
+                [self.samples] + ([self.sent, self.received] if self.mode == "async" else []))
+        self.grad_evals = float(tot[0]) / self.N
+        if self.mode == "async":
+            self.async_totals = {"async_messages_sent": int(tot[1]),
+                                 "async_messages_received": int(tot[2])}
+
+    def summary(self):
+        tables = self.tab.numbers if self.tab is not None else 0
+        return {"mode": self.mode, "table": self.kind if self.uses_table else None,
+                "table_numbers_per_rank": tables,
+                "final_rel_grad_norm": self.final_rel,
+                "grad_evals_per_sample": getattr(self, "grad_evals", None),
+                "rel_grad_norm_history": self.history}
+
+    # -- checkpoint state ------------------------------------------------------------------
+    def extra_state(self):
+        return {}, {}
+
+    def load_extra_state(self, shared, local):
+        pass
+
+    def state_dict(self):
+        xs, xl = self.extra_state()
+        local = {"params": self.params, "gbar": self.gbar, "samples": self.samples,
+                 "step": self.step_count, "epoch": self.epoch,
+                 "pending": int(getattr(self, "pending", False)), **xl}
+        if self.tab is not None:
+            local["table"] = self.tab.T
+        return {"shared": {"step": self.step_count if self.synchronous else 0, **xs},
+                "local": local}
+
+    def load_state_dict(self, state, reshard=False):
+        if reshard:
+            raise ConfigError(f"checkpoint.allow_reshard: {self.name} keeps per-sample tables of "
+                              "each rank's shard; resume at the world size that wrote the checkpoint")
+        loc = state["local"]
+        self.params[...] = self.xp.asarray(loc["params"])
+        self.gbar[...] = self.xp.asarray(loc["gbar"])
+        self.samples, self.step_count = int(loc["samples"]), int(loc["step"])
+        self.epoch, self.pending = int(loc["epoch"]), bool(int(loc["pending"]))
+        if self.tab is not None:
+            self.tab.T[...] = self.xp.asarray(loc["table"])
+        self.load_extra_state(state["shared"], loc)
