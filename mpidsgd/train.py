@@ -16,9 +16,13 @@ import sys
 import time
 import traceback
 
-import numpy as np
+from .threads import one_thread_per_rank
 
-from . import config as C
+one_thread_per_rank()        # before NumPy/Numba create their thread pools
+
+import numpy as np  # noqa: E402
+
+from . import config as C  # noqa: E402
 
 QUICKSTART = {
     "run": {"seed": 0, "epochs": 6.0, "eval_every": 200, "out_dir": "runs/quickstart"},

@@ -122,3 +122,16 @@ def test_print_config_resolves_overrides(tmp_path):
     cfg = tomllib.loads(res.stdout)
     assert cfg["algo"]["lr"] == 0.125
     assert np.isclose(cfg["run"]["epochs"], train.QUICKSTART["run"]["epochs"])
+
+
+def test_entry_points_default_to_one_thread_per_rank_unless_user_says():
+    from mpidsgd.threads import POOLS
+    base = {k: v for k, v in os.environ.items() if k not in POOLS}
+    code = ("import os, mpidsgd.train, numpy; "
+            "print(' '.join(os.environ[v] for v in %r))" % (POOLS,))
+    res = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True,
+                         text=True, timeout=120)
+    assert res.stdout.split() == ["1"] * len(POOLS), res.stderr
+    res = subprocess.run([sys.executable, "-c", code], env={**base, "OMP_NUM_THREADS": "3",
+                         "NUMBA_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["3", "3", "3", "3", "2"], res.stderr
