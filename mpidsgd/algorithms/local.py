@@ -21,8 +21,8 @@ non-blocking at the sync boundary and completed one local step later, when
 x_k = x̄ + (x_k - x_s) keeps that step's progress (x_s: x_k at the boundary).
 
 The Bernoulli draw of local step τ is a pure function of (run.seed, τ, rank)
-(of (run.seed, τ) alone with `same_draws`), so there is no RNG state to save
-and a resume draws exactly what an uninterrupted run draws. Collectives never
+(of (run.seed, τ) alone with `same_draws`), generated in blocks of 4096: there
+is no RNG state to save, and a resume draws what an uninterrupted run draws. Collectives never
 depend on the draws: every rank syncs at the same steps, so all three
 algorithms are synchronous.
 """
@@ -38,12 +38,35 @@ from ..optim import SGD
 from .base import Algorithm, StepInfo, register
 
 DRAWS = 0x9A15      # stream tag of the PALSGD mixing draws
+BLOCK = 4096        # draws generated at once (one generator per block, not per step)
+
+
+def draw_block(seed: int, block: int, rank: int, same_draws: bool) -> np.ndarray:
+    """U[0, 1) of local steps block*BLOCK ... (block+1)*BLOCK - 1 on `rank`
+    (the same on every rank with same_draws): a pure function of its key."""
+    key = [int(seed), DRAWS, int(block)] + ([] if same_draws else [1, int(rank)])
+    return np.random.default_rng(key).random(BLOCK)
+
+
+class MixingDraws:
+    """u(τ) for local step τ; keeps the current block only, so there is no
+    state to checkpoint: a resumed run redraws exactly the same values."""
+
+    def __init__(self, seed: int, rank: int, same_draws: bool):
+        self.key = (seed, rank, same_draws)
+        self.block, self.values = -1, None
+
+    def __call__(self, tau: int) -> float:
+        b = tau // BLOCK
+        if b != self.block:
+            seed, rank, same = self.key
+            self.block, self.values = b, draw_block(seed, b, rank, same)
+        return float(self.values[tau % BLOCK])
 
 
 def mixing_draw(seed: int, tau: int, rank: int, same_draws: bool) -> float:
-    """U[0, 1) of local step `tau` on `rank` (rank-independent with same_draws)."""
-    key = [int(seed), DRAWS, int(tau)] + ([] if same_draws else [1, int(rank)])
-    return float(np.random.default_rng(key).random())
+    """u(τ) on `rank`, without a cache (for tests and tools)."""
+    return float(draw_block(seed, tau // BLOCK, rank, same_draws)[tau % BLOCK])
 
 
 def peak_lr(algo_cfg) -> float:
@@ -115,6 +138,7 @@ class PeriodicAveraging(Algorithm):
         self.p = getattr(o, "p", 0.0)
         self.eta = getattr(o, "mix_rate", 0.0)
         self.same_draws = getattr(o, "same_draws", False)
+        self.draw = MixingDraws(self.cfg.run.seed, self.rank, self.same_draws)
         self.gamma = getattr(o, "outer_lr", 1.0)
         self.inner = self.make_optimizer()
         self.outer = None if self.average else SGD(
@@ -152,8 +176,7 @@ class PeriodicAveraging(Algorithm):
 
     def _local_step(self, shard, tau):
         lr = self.lr()
-        mixing = self.p > 0 and mixing_draw(self.cfg.run.seed, tau, self.rank,
-                                            self.same_draws) < self.p
+        mixing = self.p > 0 and self.draw(tau) < self.p
         if mixing:
             # x_k -= c (x_k - x̄): the elastic pull, paid for without data
             # (grad is the work array: buf may hold an allreduce in flight)

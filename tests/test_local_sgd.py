@@ -1,0 +1,128 @@
+"""localsgd / diloco / palsgd without mpiexec: registry and config keys,
+validation errors naming the key, the mixing draws, and the one-rank run
+against the serial simulation of algorithms/local_sgd.md (the MPI file
+covers P = 1..5)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpidsgd import config as C
+from mpidsgd.algorithms import REGISTRY
+from mpidsgd.algorithms.local import BLOCK, MixingDraws, mixing_draw
+from local_sgd_ref import build, close, make_cfg, problem, run_steps, shards, simulate
+
+FAMILY = ("localsgd", "diloco", "palsgd")
+
+
+def load(*sets, name="palsgd"):
+    return C.load(None, [f'algo.name="{name}"', *sets], base={"run": {"steps": 10}})
+
+
+def test_presets_are_registered_synchronous_and_documented():
+    keys = {"localsgd": {"H", "warmup_steps", "overlap"},
+            "diloco": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum"},
+            "palsgd": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum",
+                       "p", "mix_rate", "same_draws"}}
+    for name in FAMILY:
+        cls = REGISTRY[name]
+        assert cls.synchronous
+        fields = cls.Options.__dataclass_fields__
+        assert set(fields) == keys[name]
+        assert all(f.metadata.get("doc") for f in fields.values())
+    opts = load().algo.options
+    assert (opts.H, opts.outer_lr, opts.outer_momentum, opts.p) == (32, 0.7, 0.9, 0.1)
+
+
+@pytest.mark.parametrize("name,setting,key", [
+    ("localsgd", "algo.H=0", "algo.H"),
+    ("diloco", "algo.warmup_steps=-1", "algo.warmup_steps"),
+    ("diloco", "algo.outer_lr=0", "algo.outer_lr"),
+    ("diloco", "algo.outer_momentum=1.0", "algo.outer_momentum"),
+    ("palsgd", "algo.p=1.0", "algo.p"),
+    ("palsgd", "algo.p=-0.1", "algo.p"),
+    ("palsgd", "algo.mix_rate=-1", "algo.mix_rate"),
+    ("palsgd", "algo.H=2.5", "algo.H"),
+    ("palsgd", "algo.overlap=1", "algo.overlap"),
+    ("localsgd", "algo.p=0.1", "algo.p"),            # not a local SGD key
+    ("localsgd", "algo.outer_lr=0.5", "algo.outer_lr"),
+])
+def test_bad_config_names_the_key(name, setting, key):
+    with pytest.raises(C.ConfigError, match=key.replace(".", r"\.")):
+        load(setting, name=name)
+
+
+def test_mixing_step_may_not_overshoot_at_the_peak_lr():
+    # α·η/p = 0.1·1/0.1 = 1 is allowed; above 1 is not, at the peak of the schedule
+    load("algo.lr=0.1", "algo.p=0.1", "algo.mix_rate=1.0")
+    with pytest.raises(C.ConfigError, match=r"algo\.mix_rate.*peak lr"):
+        load("algo.lr=0.1", "algo.p=0.05", "algo.mix_rate=1.0")
+    with pytest.raises(C.ConfigError, match=r"algo\.mix_rate"):
+        load("algo.lr=0.01", "algo.p=0.1", "algo.mix_rate=1.0", 'algo.schedule="cosine"',
+             "algo.schedule_min_lr=0.2")
+    load("algo.lr=10.0", "algo.p=0.0", "algo.mix_rate=1.0")   # no mixing, no bound
+
+
+def test_bad_config_exits_2_with_one_line():
+    env = dict(os.environ, MPIEXEC_TIMEOUT="120")
+    proc = subprocess.run([sys.executable, "-m", "mpidsgd.train", "--set", 'algo.name="palsgd"',
+                           "--set", "algo.p=1.5"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "algo.p" in lines[0], proc.stderr
+
+
+def test_mixing_draws_rate_and_independence():
+    p, n = 0.3, 3 * BLOCK + 5          # across block boundaries
+    u = np.array([[draws(t) for t in range(n)] for draws in
+                  (MixingDraws(7, r, False) for r in range(3))])
+    for r in range(3):
+        hits = np.sum(u[r] < p)
+        assert abs(hits - p * n) < 5 * np.sqrt(n * p * (1 - p))
+    # per-rank draws are independent; same_draws are one stream on every rank
+    assert abs(np.corrcoef(u[0], u[1])[0, 1]) < 0.05
+    same = [[mixing_draw(7, t, r, True) for t in range(50)] for r in range(3)]
+    assert same[0] == same[1] == same[2]
+    assert same[0] != list(u[0][:50])
+    # a pure function of (seed, step, rank): a resume redraws the same values
+    for t in (123, BLOCK - 1, BLOCK, 2 * BLOCK + 7):
+        assert mixing_draw(7, t, 2, False) == u[2][t]
+        assert mixing_draw(8, t, 2, False) != u[2][t]
+    assert len(set(u[0])) == n           # no block repeats another
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("localsgd", dict(H=3, warmup_steps=2, momentum=0.5)),
+    ("diloco", dict(H=2, overlap=True, momentum=0.5)),
+    ("palsgd", dict(H=3, p=0.3, mix_rate=0.5, warmup_steps=1, overlap=True)),
+])
+def test_one_rank_matches_simulation(name, kw):
+    X, y, model, x0 = problem()
+    m = kw.pop("momentum", 0.0)
+    cfg = make_cfg(name, 13, momentum=m, **kw)
+    algo, ch = build(cfg, MPI.COMM_SELF, model, x0, shards(X, y, 1)[0])
+    xs, _, mix = run_steps(algo, shards(X, y, 1)[0], 13)
+    sim_x, _, _ = simulate(cfg, 1, x0, model, shards(X, y, 1), [mix])
+    assert all(close(xs[t], sim_x[t][0]) for t in range(13))
+    assert (sum(mix) > 0) == (name == "palsgd")
+    algo.finish()
+    assert ch.counters.bytes.get("train", 0.0) == 0.0      # one rank sends nothing
+
+
+def test_reshard_restarts_every_rank_from_the_global_model():
+    X, y, model, x0 = problem()
+    cfg = make_cfg("palsgd", 20, H=4, p=0.3, mix_rate=0.5, overlap=True, momentum=0.9)
+    algo, _ = build(cfg, MPI.COMM_SELF, model, x0, shards(X, y, 1)[0])
+    run_steps(algo, shards(X, y, 1)[0], 4)        # the sync of step 3 is in flight
+    state = {"shared": {k: np.copy(v) for k, v in algo.state_dict()["shared"].items()}}
+    algo2, _ = build(cfg, MPI.COMM_SELF, model, x0, shards(X, y, 1)[0])
+    algo2.load_state_dict(state, reshard=True)
+    assert np.array_equal(algo2.params, state["shared"]["params"])
+    assert algo2.step_count == 4 and algo2.pending
+    run_steps(algo2, shards(X, y, 1)[0], 3)
+    algo2.finish()
+    assert np.all(np.isfinite(algo2.params))

@@ -1,0 +1,172 @@
+"""localsgd / diloco / palsgd under MPI against the serial float64 simulation
+of algorithms/local_sgd.md (tests/local_sgd_ref.py), for every world size
+1..5 in one launch of 5 ranks (sub-communicators).
+
+Checked per step on every rank: x_k (1e-12 relative), x̄ identical on all
+ranks bit for bit, the steps at which averaging happens (a sync one step
+early or late diverges from the simulation), traffic booked = expected
+allreduces x the Rabenseifner booking rule, consensus = mean_k x_k; the
+equivalences H=1 localsgd = sgd, diloco(γ=1, μ=0) = localsgd, palsgd(p=0) =
+diloco; and bit-identical continuation from state_dict().
+"""
+import copy
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpidsgd.comm import costmodel as cm
+from local_sgd_ref import (build, close, expected_allreduces, make_cfg, problem, run_steps,
+                           shards, simulate)
+from mpiutil import assert_all, sub_comms
+
+S = 17      # not a multiple of any H below: the run ends between two syncs
+
+CASES = [
+    ("localsgd", dict(H=1)),
+    ("localsgd", dict(H=3, warmup_steps=2, momentum=0.5)),
+    ("localsgd", dict(H=4, overlap=True, momentum=0.5)),
+    ("diloco", dict(H=2, warmup_steps=1, momentum=0.5)),
+    ("diloco", dict(H=3, overlap=True, outer_lr=0.5, outer_momentum=0.8)),
+    ("palsgd", dict(H=3, warmup_steps=2, p=0.3, mix_rate=0.5, momentum=0.5)),
+    ("palsgd", dict(H=2, p=0.25, mix_rate=1.0, same_draws=True, overlap=True,
+                    schedule={"schedule": "cosine", "schedule_warmup": 3})),
+    ("palsgd", dict(H=1, p=0.4, mix_rate=2.0, overlap=True, momentum=0.3)),
+]
+
+
+def _cfg(name, kw, steps=S):
+    kw = dict(kw)
+    return make_cfg(name, steps, momentum=kw.pop("momentum", 0.0),
+                    schedule=kw.pop("schedule", None), **kw)
+
+
+@pytest.mark.parallel(nprocs=5)
+def test_matches_serial_simulation_for_P_1_to_5():
+    X, y, model, x0 = problem()
+    for P, sub in sub_comms(range(1, 6)):
+        if sub == MPI.COMM_NULL:
+            continue
+        r = sub.rank
+        for name, kw in CASES:
+            cfg = _cfg(name, kw)
+            algo, ch = build(cfg, sub, model, x0, shards(X, y, P)[r])
+            xs, xbars, mix = run_steps(algo, shards(X, y, P)[r], S)
+            before_finish = algo.consensus_params().copy()
+            algo.finish()
+            decisions = sub.allgather(mix)
+            sim_x, sim_bar, sim_final = simulate(cfg, P, x0, model, shards(X, y, P), decisions)
+            tag = f"P={P} {name} {kw}"
+            ok = all(close(xs[t], sim_x[t][r]) for t in range(S))
+            assert_all(ok, f"{tag}: x_k differs from the simulation", comm=sub)
+            # x̄: bit-identical on all ranks after every step, and as simulated
+            bars = sub.allgather(np.array(xbars))
+            ok = all(np.array_equal(bars[0], b) for b in bars)
+            assert_all(ok, f"{tag}: x̄ differs between ranks", comm=sub)
+            ok = all(close(xbars[t], sim_bar[t]) for t in range(S))
+            assert_all(ok, f"{tag}: x̄ differs from the simulation", comm=sub)
+            # finish lands a pending overlap sync; consensus = mean_k x_k
+            ok = close(algo.params, sim_final[r])
+            ok &= close(before_finish, sum(sim_x[-1]) / P)
+            ok &= close(algo.consensus_params(), sum(sim_final) / P)
+            assert_all(ok, f"{tag}: finish/consensus", comm=sub)
+            # mixing: only palsgd, identical on all ranks with same_draws
+            nmix = sum(sum(d) for d in decisions)
+            ok = (nmix > 0) == (name == "palsgd")
+            if kw.get("same_draws"):
+                ok &= all(d == decisions[0] for d in decisions)
+            assert_all(ok, f"{tag}: mixing decisions {decisions}", comm=sub)
+            # traffic: one allreduce of n float64 per warm-up step and per sync
+            nb, nm = cm.allreduce_booking(x0.size * 8, P)
+            b, m = ch.counters.snapshot()
+            want = expected_allreduces(cfg)
+            ok = abs(b.get("train", 0.0) - want * nb) <= 1e-9 * (1 + want * nb)
+            ok &= m.get("train", 0) == want * nm
+            ok &= algo.syncs == want - min(cfg.algo.options.warmup_steps, S)
+            assert_all(ok, f"{tag}: booked {b} {m}, expected {want} allreduces", comm=sub)
+
+
+@pytest.mark.parallel(nprocs=5)
+def test_presets_reduce_to_each_other_and_to_sgd():
+    X, y, model, x0 = problem()
+    for P, sub in sub_comms(range(1, 6)):
+        if sub == MPI.COMM_NULL:
+            continue
+        r = sub.rank
+
+        def traj(cfg):
+            algo, _ = build(cfg, sub, model, x0, shards(X, y, P)[r])
+            xs = run_steps(algo, shards(X, y, P)[r], S)[0]
+            algo.finish()        # no allreduce may stay in flight
+            return xs
+
+        # H = 1 local SGD = synchronous SGD on averaged parameters; momentum
+        # too, as the mean of the local heavy-ball/Nesterov buffers is linear
+        ok = True
+        for extra in ({}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}):
+            a = traj(make_cfg("localsgd", S, H=1, **extra))
+            b = traj(make_cfg("sgd", S, **extra))
+            ok &= all(close(u, v) for u, v in zip(a, b))
+        # the comparison can fail: H = 2 is not SGD once ranks see different data
+        c = traj(make_cfg("localsgd", S, H=2))
+        d = traj(make_cfg("sgd", S))
+        ok &= P == 1 or not close(c[-1], d[-1], 1e-6)
+        assert_all(ok, f"P={P}: localsgd(H=1) vs sgd", comm=sub)
+        # DiLoCo with outer SGD lr 1, no momentum = local SGD (with overlap too)
+        for extra in ({}, {"overlap": True}):
+            a = traj(make_cfg("diloco", S, H=3, warmup_steps=2, momentum=0.5, outer_lr=1.0,
+                              outer_momentum=0.0, **extra))
+            b = traj(make_cfg("localsgd", S, H=3, warmup_steps=2, momentum=0.5, **extra))
+            ok = all(close(u, v) for u, v in zip(a, b))
+            assert_all(ok, f"P={P}: diloco(1, 0) vs localsgd {extra}", comm=sub)
+        # PALSGD with p = 0 is DiLoCo, bit for bit
+        a = traj(make_cfg("palsgd", S, H=3, p=0.0, momentum=0.5, optimizer="adamw"))
+        b = traj(make_cfg("diloco", S, H=3, momentum=0.5, optimizer="adamw"))
+        ok = all(np.array_equal(u, v) for u, v in zip(a, b))
+        assert_all(ok, f"P={P}: palsgd(p=0) vs diloco", comm=sub)
+
+
+RESUME_CASES = [
+    ("palsgd", dict(H=3, warmup_steps=2, p=0.3, mix_rate=0.5, overlap=True, momentum=0.5)),
+    ("diloco", dict(H=4, optimizer="adamw")),
+    ("localsgd", dict(H=2, overlap=True, momentum=0.9)),
+]
+
+
+@pytest.mark.parallel(nprocs=5)
+def test_state_dict_round_trip_continues_bit_identically():
+    X, y, model, x0 = problem()
+    for P, sub in sub_comms([1, 3, 5]):
+        if sub == MPI.COMM_NULL:
+            continue
+        r = sub.rank
+        for name, kw in RESUME_CASES:
+            cfg = _cfg(name, kw, steps=20)
+            H, T0 = cfg.algo.options.H, cfg.algo.options.warmup_steps
+            # cuts: in warm-up, right after a sync started (pending with overlap),
+            # one step later, mid-period
+            for cut in sorted({1, T0 + H, T0 + H + 1, T0 + 2 * H - 1}):
+                algo, _ = build(cfg, sub, model, x0, shards(X, y, P)[r])
+                sh = shards(X, y, P)[r]
+                run_steps(algo, sh, cut)
+                state = copy.deepcopy(algo.state_dict())
+                data_state = sh.state_dict()
+                ref = run_steps(algo, sh, 20 - cut)
+                algo.finish()
+                ref_final = algo.params.copy()
+                algo2, _ = build(cfg, sub, model, x0, shards(X, y, P)[r])
+                sh2 = shards(X, y, P)[r]
+                sh2.load_state_dict(data_state)
+                algo2.load_state_dict(state)
+                got = run_steps(algo2, sh2, 20 - cut)
+                algo2.finish()
+                ok = all(np.array_equal(u, v) for u, v in zip(got[0], ref[0]))
+                ok &= all(np.array_equal(u, v) for u, v in zip(got[1], ref[1]))
+                ok &= got[2] == ref[2] and np.array_equal(algo2.params, ref_final)
+                ok &= algo2.samples == algo.samples and algo2.syncs == algo.syncs
+                assert_all(ok, f"P={P} {name} cut={cut}: resume differs", comm=sub)
+                # shared state really is identical on every rank
+                flat = {k: np.asarray(v) for k, v in state["shared"].items()}
+                allf = sub.allgather(flat)
+                ok = all(np.array_equal(allf[0][k], f[k]) for f in allf for k in flat)
+                assert_all(ok, f"P={P} {name} cut={cut}: shared state differs", comm=sub)
