@@ -10,12 +10,17 @@ equivalences H=1 localsgd = sgd, diloco(γ=1, μ=0) = localsgd, palsgd(p=0) =
 diloco; and bit-identical continuation from state_dict().
 """
 import copy
+import json
+import os
+import tempfile
 
 import numpy as np
 import pytest
 from mpi4py import MPI
 
+from mpidsgd import train
 from mpidsgd.comm import costmodel as cm
+from mpidsgd.topology import Topology
 from local_sgd_ref import (build, close, expected_allreduces, make_cfg, problem, run_steps,
                            shards, simulate)
 from mpiutil import assert_all, sub_comms
@@ -155,6 +160,9 @@ def test_state_dict_round_trip_continues_bit_identically():
                 algo.finish()
                 ref_final = algo.params.copy()
                 algo2, _ = build(cfg, sub, model, x0, shards(X, y, P)[r])
+                fresh = algo2.state_dict()   # checkpoints check saved keys against these
+                ok = all(set(fresh[part]) == set(state[part]) for part in ("shared", "local"))
+                assert_all(ok, f"P={P} {name} cut={cut}: state keys vary", comm=sub)
                 sh2 = shards(X, y, P)[r]
                 sh2.load_state_dict(data_state)
                 algo2.load_state_dict(state)
@@ -170,3 +178,45 @@ def test_state_dict_round_trip_continues_bit_identically():
                 allf = sub.allgather(flat)
                 ok = all(np.array_equal(allf[0][k], f[k]) for f in allf for k in flat)
                 assert_all(ok, f"P={P} {name} cut={cut}: shared state differs", comm=sub)
+
+
+def _train(comm, out, sets, resume=None):
+    """One in-process `python -m mpidsgd.train` run on `comm`."""
+    topo = Topology(comm)
+    argv = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    argv += ["--set", f"run.out_dir={json.dumps(out)}"] + (["--resume", resume] if resume else [])
+    args = train.parse_args(argv)
+    cfg, ctx = train.setup(args, topo)
+    summary = train.run(cfg, ctx, topo, args)
+    algo = ctx["algo"]
+    st = algo.state_dict()
+    return summary, {f"{part}/{k}": np.array(v) for part in st for k, v in st[part].items()}
+
+
+@pytest.mark.parallel(nprocs=5)
+def test_cli_checkpoint_with_sync_in_flight_resumes_bit_identically():
+    """Through train.py and HDF5: checkpoint at step 7, right after the
+    overlapped sync of step 6 started (T0 = 2, H = 5), resume, compare."""
+    base = tempfile.mkdtemp(prefix="mpidsgd-local-") if MPI.COMM_WORLD.rank == 0 else None
+    base = MPI.COMM_WORLD.bcast(base)
+    sets = {"run.steps": 19, "run.eval_every": 5, "run.progress": "false", "run.seed": 4,
+            "data.n_samples": 600, "data.n_test": 60, "data.n_features": 8,
+            "data.n_classes": 3, "data.batch_size": 8, "model.hidden": "[6]",
+            "algo.name": '"palsgd"', "algo.lr": 0.05, "algo.momentum": 0.9, "algo.H": 5,
+            "algo.warmup_steps": 2, "algo.p": 0.3, "algo.mix_rate": 0.5,
+            "algo.overlap": "true"}
+    for P, sub in sub_comms([5]):
+        if sub == MPI.COMM_NULL:
+            continue
+        a_out, b_out = os.path.join(base, "A"), os.path.join(base, "B")
+        sa, a = _train(sub, a_out, {**sets, "checkpoint.every": 7, "checkpoint.keep_last": 0})
+        ck = os.path.join(a_out, "checkpoints", "ckpt-7.h5")
+        sb, b = _train(sub, b_out, sets, resume=ck)
+        bad = [k for k in a if not np.array_equal(a[k], b[k])]
+        assert_all(not bad and set(a) == set(b), f"state differs in {bad}", comm=sub)
+        ok = True
+        if sub.rank == 0:
+            for key in ("final_test_accuracy", "final_train_loss", "samples_processed",
+                        "bytes_sent_per_rank", "syncs"):
+                ok &= sa[key] == sb[key]
+        assert_all(ok, f"summaries differ: {sa} vs {sb}", comm=sub)

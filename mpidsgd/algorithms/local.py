@@ -144,8 +144,8 @@ class PeriodicAveraging(Algorithm):
         self.outer = None if self.average else SGD(
             x.size, x.dtype, xp, momentum=o.outer_momentum, nesterov=True)
         self.xbar = x.copy()                 # global model of the last sync
-        self.buf = xp.empty_like(x)          # pseudo-gradient / allreduce buffer
-        self.snap = xp.empty_like(x) if self.overlap else None   # x_s at the boundary
+        self.buf = xp.zeros_like(x)          # pseudo-gradient / allreduce buffer
+        self.snap = xp.zeros_like(x) if self.overlap else None   # x_s at the boundary
         self.req = None                      # in-flight Iallreduce (overlap)
         self.pending = False                 # a sync started, outer step not yet applied
         self.reduced = False                 # ... and buf already holds the mean
@@ -275,7 +275,8 @@ class PeriodicAveraging(Algorithm):
         if self.outer is not None:
             shared.update({f"outer_{k}": v for k, v in self.outer.state_dict().items()})
         local.update({f"inner_{k}": v for k, v in self.inner.state_dict().items()})
-        if self.pending:
+        if self.overlap:
+            # always present (checkpoints compare key sets); meaningful while pending
             shared["pending_delta"] = self.buf      # the mean: identical on every rank
             local["snapshot"] = self.snap
         return {"shared": shared, "local": local}
