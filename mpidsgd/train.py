@@ -25,13 +25,12 @@ import numpy as np  # noqa: E402
 from . import config as C  # noqa: E402
 
 QUICKSTART = {
-    "run": {"seed": 0, "epochs": 6.0, "eval_every": 200, "out_dir": "runs/quickstart"},
-    "data": {"name": "synthetic", "n_samples": 32768, "n_test": 8192, "n_features": 64,
+    "run": {"seed": 0, "epochs": 6.0, "eval_every": 500, "out_dir": "runs/quickstart"},
+    "data": {"name": "synthetic", "n_samples": 65536, "n_test": 8192, "n_features": 64,
              "n_classes": 10, "batch_size": 32},
-    "model": {"name": "mlp", "hidden": [128]},
-    "algo": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "model": {"name": "mlp", "hidden": [256, 256]},
+    "algo": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": "cosine"},
 }
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
