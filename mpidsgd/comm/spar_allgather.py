@@ -57,17 +57,20 @@ def cut(idx, val, k, xp):
     return idx[pos], kept, idx[drop], val[drop]
 
 
-def bsag(block, h, k_b, *, channel):
+def bsag(block, h, k_b, *, channel, touched=None):
     """B-SAG over the group `channel`.
 
     block: this member's team-reduced block (c entries); its top-h leave it
     (zeroed in place: what stays is this rank's residual of the block).
     Returns (idx, val, U): the merged selection (<= k_b entries, identical on
     every member) and U, the union size before the cut (h adapts to it).
+    `touched`, if a list, gets the indices of `block` that changed.
     """
     xp = array_module(block)
     idx, val = topk_abs(block, h)
     block[idx] = 0
+    if touched is not None:
+        touched.append(idx)
     msgs = bruck_allgather(pack(idx, val), channel=channel, tag=TAG_SAG)
     sels = [unpack(msgs[t], h, block.dtype) for t in range(channel.size)]
     union, sums = coalesce(sels, xp)
@@ -86,13 +89,14 @@ def next_h(h, U, k_b, d):
     return h
 
 
-def rsag(block, k_b, *, channel, log=None):
+def rsag(block, k_b, *, channel, log=None, touched=None):
     """R-SAG over the group `channel` (its size a power of two).
 
     block: as for bsag; its top-k_b leave it, and each step adds this rank's
     share (1 / 2^(s+1)) of the entries dropped by the cut back into it.
     Returns (idx, val): the merged selection, exactly k_b entries. `log`, if
-    a list, gets the number of entries of every message sent.
+    a list, gets the number of entries of every message sent; `touched`
+    the indices of `block` that changed.
     """
     xp = array_module(block)
     d, t = channel.size, channel.rank
@@ -100,6 +104,8 @@ def rsag(block, k_b, *, channel, log=None):
         raise ValueError(f"R-SAG needs a power-of-two group size, got {d}")
     idx, val = topk_abs(block, k_b)
     block[idx] = 0
+    if touched is not None:
+        touched.append(idx)
     s = 0
     while (1 << s) < d:
         partner = t ^ (1 << s)
@@ -115,6 +121,8 @@ def rsag(block, k_b, *, channel, log=None):
         idx, val, didx, dval = cut(union, sums, k_b, xp)
         if didx.size:
             scatter_add(block, didx, dval / dval.dtype.type(1 << (s + 1)))
+            if touched is not None:
+                touched.append(didx)
         s += 1
     return idx, val
 

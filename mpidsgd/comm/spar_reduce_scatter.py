@@ -34,10 +34,12 @@ def srs_schedule(p: int):
             for i in range(R)]
 
 
-def _take(A, b, k_b):
+def _take(A, b, k_b, touched):
     """Top-k_b of block b; the selected entries leave A[b] (zeroed)."""
     idx, val = topk_abs(A[b], k_b)
     A[b][idx] = 0
+    if touched is not None:
+        touched.append((b, idx))
     return idx, val
 
 
@@ -55,7 +57,7 @@ def _exchange(channel, xp, sels, dest, src, k_b, dtype):
     return [(idx[j * k_b:(j + 1) * k_b], val[j * k_b:(j + 1) * k_b]) for j in range(m)], sent
 
 
-def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None):
+def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None, touched=None):
     """Sparse reduce-scatter of the (P x c) array A over `channel`, in place.
 
     Afterwards A[r] (r = channel.rank) holds block r summed over every rank's
@@ -63,7 +65,8 @@ def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None):
     what this rank kept of block b when it forwarded top-k_b of it (selected
     entries zeroed). `batched=False` sends one block per message (P - 1
     messages; the reference form, same result). `log`, if a list, gets the
-    number of entries of every message sent (read off the packed message).
+    number of entries of every message sent (read off the packed message);
+    `touched`, if a list, gets (block, idx) for every entry of A changed.
     """
     xp = array_module(A)
     P, r = channel.size, channel.rank
@@ -73,11 +76,13 @@ def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None):
         dest, src = (r + gap) % P, (r - gap) % P
         groups = [range(s)] if batched else [[j] for j in range(s)]
         for js in groups:
-            sels = [_take(A, (dest + j) % P, k_b) for j in js]
+            sels = [_take(A, (dest + j) % P, k_b, touched) for j in js]
             got, sent = _exchange(channel, xp, sels, dest, src, k_b, A.dtype)
             if log is not None:
                 log.append(sent)
             # the j-th received block is block (r + j) mod P, still kept here
             for j, (idx, val) in zip(js, got):
                 scatter_add(A[(r + j) % P], idx, val)
+                if touched is not None:
+                    touched.append(((r + j) % P, idx))
     return A

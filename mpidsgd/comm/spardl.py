@@ -68,7 +68,7 @@ class SparDL:
         self.r = self.team.rank
         self.xp = xp or channel.backend.xp
         self.E = self.xp.zeros(self.p_team * self.c, self.dtype)   # padding stays 0
-        self.A = self.xp.empty_like(self.E)
+        self.A = self.xp.zeros_like(self.E)                          # work: A = g + E
         self.last = {}
 
     # -- the allreduce --------------------------------------------------------------
@@ -80,49 +80,66 @@ class SparDL:
         """
         if g.shape != (self.n,) or g.dtype != self.dtype:
             raise ValueError(f"g must have shape ({self.n},) and dtype {self.dtype}")
-        xp, E, A = self.xp, self.E, self.A
-        E[:self.n] += g                # E = A0 = g + E_old
-        A[...] = E
+        xp, E, A, n = self.xp, self.E, self.A, self.n
+        xp.add(E[:n], g, out=A[:n])    # A = A0 = g + E_old
+        A[n:] = 0
         blocks = A.reshape(self.p_team, self.c)
         log = {"srs": [], "sag": []}
+        touched = []
         spar_reduce_scatter(blocks, self.k_b, channel=self.team, batched=self.batched,
-                            log=log["srs"])
-        idx, val = self._own_block(blocks[self.r], log)
+                            log=log["srs"], touched=touched)
+        idx, val = self._own_block(blocks[self.r], log, touched)
         all_idx, all_val = block_allgather(idx, val, self.k_b, channel=self.team)
         # block-local -> padded-global indices; -1 stays padding
         base = (xp.arange(self.p_team, dtype=xp.int64) * self.c)[:, None]
         gidx = xp.where(all_idx >= 0, all_idx + base, -1).reshape(-1)
-        self._collect_residual(gidx)
+        sup = gidx[gidx >= 0]
+        self._collect_residual(g, sup, touched)
         if out is None:
-            out = xp.empty(self.n, self.dtype)
+            out = xp.empty(n, self.dtype)
         out[...] = 0
         vals = all_val.reshape(-1) / self.dtype.type(self.P)
-        scatter_add(out, xp.where(gidx < self.n, gidx, -1), vals)
-        self.last.update(selected=int((gidx >= 0).sum()), srs_entries=log["srs"],
-                         sag_entries=log["sag"], support=gidx[gidx >= 0])
+        scatter_add(out, xp.where(gidx < n, gidx, -1), vals)
+        self.last.update(selected=int(sup.size), srs_entries=log["srs"],
+                         sag_entries=log["sag"], support=sup)
         return out
 
-    def _own_block(self, block, log):
+    def _own_block(self, block, log, touched):
         """Final selection of this rank's block: top-k_b (d = 1) or via SAG;
         what is not selected stays in `block` (this rank's residual there)."""
         if self.teams == 1:
             idx, val = topk_abs(block, self.k_b)
             block[idx] = 0
+            touched.append((self.r, idx))
             return idx, val
+        own = []
         if self.sag == "recursive":
-            return rsag(block, self.k_b, channel=self.group, log=log["sag"])
+            idx, val = rsag(block, self.k_b, channel=self.group, log=log["sag"], touched=own)
+            touched.extend((self.r, i) for i in own)
+            return idx, val
         h = self.h
-        idx, val, U = bsag(block, h, self.k_b, channel=self.group)
+        idx, val, U = bsag(block, h, self.k_b, channel=self.group, touched=own)
+        touched.extend((self.r, i) for i in own)
         log["sag"].append(min(h, self.c) * (self.teams - 1))
         self.last.update(h=h, union=U)
         self.h = next_h(h, U, self.k_b, self.teams)
         return idx, val
 
-    def _collect_residual(self, gidx):
-        """Global residual collection: E = A0, except on the final support,
-        where E takes what this rank held and did not forward (A there)."""
-        sup = gidx[gidx >= 0]
-        self.E[sup] = self.A[sup]
+    def _collect_residual(self, g, sup, touched):
+        """Global residual collection: E_new = A0 = g + E_old, except on the
+        final support, where it is what this rank held and did not forward
+        (A there). A differs from A0 only at the sparse positions the step
+        touched, so A0 is restored there and A becomes the new E (no dense
+        copy of A0 is ever made)."""
+        xp, E, A, n, c = self.xp, self.E, self.A, self.n, self.c
+        held = A[sup]
+        if touched:
+            pos = xp.concatenate([idx.astype(xp.int64) + b * c for b, idx in touched])
+            inside = pos[pos < n]
+            A[inside] = E[inside] + g[inside]
+            A[pos[pos >= n]] = 0
+        A[sup] = held
+        self.E, self.A = A, E
 
     # -- state ----------------------------------------------------------------------
     def support(self):
@@ -131,7 +148,8 @@ class SparDL:
         return None if s is None else s[s < self.n]
 
     def residual(self):
-        """This rank's residual, unpadded (a view)."""
+        """This rank's residual, unpadded: a view, valid until the next
+        allreduce (the residual and work buffers trade places every step)."""
         return self.E[:self.n]
 
     def predicted(self):
@@ -140,7 +158,8 @@ class SparDL:
                          sag=self.sag, h=self.last.get("h"), batched=self.batched)
 
     def state_dict(self) -> dict:
-        """Per-rank state: the residual and this rank's SAG group's h."""
+        """Per-rank state: the residual (a view, as residual()) and this rank's
+        SAG group's h."""
         return {"residual": self.E[:self.n], "h": int(self.h)}
 
     def load_state_dict(self, state: dict):
@@ -149,7 +168,8 @@ class SparDL:
             raise ValueError(f"residual has shape {res.shape}, expected ({self.n},)")
         self.E[:self.n] = res
         self.E[self.n:] = 0
-        self.h = int(state["h"])
+        # a resume with another density keeps h inside its valid range
+        self.h = min(max(int(state["h"]), self.h_min), self.k_b)
 
     def free(self):
         """Release the team and group communicators (collective)."""
