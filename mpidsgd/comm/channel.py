@@ -62,13 +62,18 @@ class Counters:
 
 
 class Request:
-    """A non-blocking operation; `on_done` copies staged data back."""
+    """A non-blocking operation; `on_done` copies staged data back.
 
-    def __init__(self, req, on_done=None, keep=()):
+    `ready_at` (perf_counter seconds) is when an emulated network would have
+    delivered it: Wait sleeps only for what is left of that time, so work done
+    between start and Wait overlaps the emulated transfer."""
+
+    def __init__(self, req, on_done=None, keep=(), ready_at=0.0):
         self.req = req
         self.on_done = on_done
         self.keep = keep          # buffers that must stay alive until completion
         self.done = False
+        self.ready_at = ready_at
 
     def _finish(self):
         self.done = True
@@ -79,10 +84,13 @@ class Request:
     def Wait(self):
         if not self.done:
             self.req.Wait()
+            left = self.ready_at - time.perf_counter()
+            if left > 0:
+                time.sleep(left)
             self._finish()
 
     def Test(self) -> bool:
-        if not self.done and self.req.Test():
+        if not self.done and self.req.Test() and time.perf_counter() >= self.ready_at:
             self._finish()
         return self.done
 
@@ -114,11 +122,18 @@ class Channel:
         finally:
             self.label = prev
 
-    def book(self, nbytes, messages):
+    def book(self, nbytes, messages, defer=False):
+        """Count; with emulation, sleep the alpha-beta time now, or (defer)
+        return the time at which a non-blocking operation is delivered."""
         self.counters.add(self.label, nbytes, messages)
         # the stop agreement is non-blocking and overlapped: no emulated cost
         if self.emulate.active and self.label != "control":
+            if defer:
+                t = cm.alpha_beta_time(nbytes, messages, self.emulate.alpha, self.emulate.beta)
+                self.counters.emulated_s += t
+                return time.perf_counter() + t
             self.counters.emulated_s += self.emulate.charge(nbytes, messages)
+        return 0.0
 
     def split(self, color, key=None) -> "Channel | None":
         """A channel on a sub-communicator that books into the same counters."""
@@ -166,12 +181,13 @@ class Channel:
         return buf
 
     def Iallreduce(self, buf, op=MPI.SUM) -> Request:
-        """Non-blocking in-place allreduce; booked when started."""
-        self.book(*cm.allreduce_booking(self._nbytes(buf), self.size))
+        """Non-blocking in-place allreduce; booked when started, its emulated
+        network time charged at completion (overlapped with the work between)."""
+        ready = self.book(*cm.allreduce_booking(self._nbytes(buf), self.size), defer=True)
         host = self._out(buf, slot="iar")
         req = self.comm.Iallreduce(MPI.IN_PLACE, host, op=op)
         done = (lambda: self.backend.stage_in(host, buf)) if host is not buf else None
-        return Request(req, done, keep=(host,))
+        return Request(req, done, keep=(host,), ready_at=ready)
 
     def Allgather(self, sendbuf, recvbuf):
         """recvbuf (P x m) gets every rank's sendbuf (m)."""
