@@ -220,3 +220,25 @@ def test_cli_checkpoint_with_sync_in_flight_resumes_bit_identically():
                         "bytes_sent_per_rank", "syncs"):
                 ok &= sa[key] == sb[key]
         assert_all(ok, f"summaries differ: {sa} vs {sb}", comm=sub)
+
+
+@pytest.mark.parallel(nprocs=2)
+def test_emulated_iallreduce_is_charged_at_completion_not_at_start():
+    """Overlap can only pay under emulation if a non-blocking allreduce's
+    alpha-beta time runs while the caller works: Wait returns no earlier than
+    start + predicted time, and starting it costs none of that time."""
+    import time
+    from mpidsgd.comm.channel import Channel, NetworkEmulation
+    from mpidsgd.comm.dense import iallreduce_sum
+    ch = Channel(MPI.COMM_WORLD, emulate=NetworkEmulation(alpha=0.02, beta=1e-6))
+    buf = np.ones(1000)
+    nb, nm = cm.allreduce_booking(8000, 2)
+    predicted = cm.alpha_beta_time(nb, nm, 0.02, 1e-6)
+    t0 = time.perf_counter()
+    req = iallreduce_sum(buf, channel=ch)
+    started = time.perf_counter()
+    ok = t0 + predicted <= req.ready_at <= started + predicted
+    ok &= ch.counters.emulated_s == pytest.approx(predicted)
+    req.Wait()
+    ok &= time.perf_counter() >= req.ready_at and np.all(buf == 2.0)
+    assert_all(ok, f"ready_at {req.ready_at - t0:.4f} s after start, predicted {predicted:.4f}")
