@@ -54,7 +54,7 @@ def encode(value, asnumpy=np.asarray):
     """(array of >= 1 dimension, kind, original shape) for any state value."""
     if value is None:
         return np.zeros(1, np.uint8), "none", (1,)
-    if isinstance(value, (bool, np.bool_)) and not isinstance(value, np.ndarray):
+    if isinstance(value, bool):
         return np.array([bool(value)]), "bool", (1,)
     if isinstance(value, int):
         if not -2**63 <= value < 2**63:
@@ -66,10 +66,12 @@ def encode(value, asnumpy=np.asarray):
         return np.frombuffer(value.encode(), np.uint8).copy(), "str", (len(value.encode()),)
     if isinstance(value, np.generic):
         return np.array([value]), "npscalar", (1,)
-    arr = np.ascontiguousarray(asnumpy(value))
+    arr = np.asarray(asnumpy(value))
     if arr.dtype == object:
         raise TypeError("object arrays cannot be checkpointed")
-    return arr.reshape(-1) if arr.ndim == 0 else arr, "array", arr.shape
+    shape = arr.shape      # kept apart: ascontiguousarray makes 0-d arrays 1-d
+    return np.ascontiguousarray(arr).reshape(-1) if arr.ndim == 0 else np.ascontiguousarray(arr), \
+        "array", shape
 
 
 def decode(arr: np.ndarray, kind: str, shape=None):
@@ -238,8 +240,9 @@ def fsync_path(path: str, directory: bool = False):
 
 
 # -- `python -m mpidsgd.checkpoint info FILE` --------------------------------------------
-def info(path: str, out=sys.stdout) -> int:
+def info(path: str, out=None) -> int:
     """Print layout, attributes and checksum verdict; 0 valid, 1 damaged, 2 unreadable."""
+    out = out or sys.stdout
     if not os.path.isfile(path):
         print(f"mpidsgd: error: checkpoint {path} does not exist", file=sys.stderr)
         return 2

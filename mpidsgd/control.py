@@ -118,7 +118,9 @@ class StopAgreement:
             else:
                 decision = Decision(reason_of(verdict), bool(verdict & CHECKPOINT))
         if self.req is None:
-            flags = self.local_flag() | (CHECKPOINT if want_checkpoint else 0)
+            # a request just served is not repeated (the caller asked before saving)
+            asks = want_checkpoint and not decision.checkpoint
+            flags = self.local_flag() | (CHECKPOINT if asks else 0)
             if leaving or decision.stop:
                 flags |= LEFT
             self._start(flags)

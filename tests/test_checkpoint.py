@@ -1,0 +1,253 @@
+"""Checkpoint files and crash behaviour of real jobs (mpiexec subprocesses):
+
+- value encoding round trips (every kind a state_dict may hold), no pickle;
+- `python -m mpidsgd.checkpoint info`: layout, attributes, checksum verdict;
+- SIGKILL while a (deliberately slow) checkpoint is being written leaves every
+  earlier checkpoint valid and `--resume auto` continues from the newest;
+- SIGTERM to one rank of a running job: all ranks checkpoint at the same step
+  and exit 0; `--resume auto` finishes the run;
+- diverged parameters: a clear error, nonzero exit, the good checkpoint kept;
+- a damaged `--resume FILE`: exit 2 and one line.
+"""
+import glob
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import h5py
+import numpy as np
+import pytest
+
+from mpidsgd.checkpoint import (decode, encode, info, list_checkpoints, pack, unpack, verify)
+
+TINY = {"run.eval_every": 0, "run.log_every": 1, "run.progress": "false", "data.n_samples": 512,
+        "data.n_test": 64, "data.n_features": 8, "data.n_classes": 3, "data.batch_size": 16,
+        "model.hidden": "[8]", "algo.lr": 0.05, "algo.momentum": 0.9}
+
+
+def launch(out, sets, resume=None, n=2, tag=None, wait=True):
+    """mpiexec -n n python -m mpidsgd.train with TINY + sets; (rc, stdout, stderr)."""
+    items = {**TINY, "run.out_dir": json.dumps(str(out)), **sets}
+    cmd = ["mpiexec", "-n", str(n), sys.executable, "-m", "mpidsgd.train"]
+    cmd += [x for k, v in items.items() for x in ("--set", f"{k}={v}")]
+    cmd += ["--resume", resume] if resume else []
+    env = dict(os.environ, MPIDSGD_TEST_TAG=tag or uuid.uuid4().hex)
+    env.pop("_PYTEST_MPI_CHILD_PROCESS", None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    if not wait:
+        return proc
+    out_, err = proc.communicate(timeout=600)
+    return proc.returncode, out_, err
+
+
+def rank_pid(tag, rank):
+    """PID of the training process with MPIDSGD_TEST_TAG=tag and rank `rank`."""
+    for d in glob.glob("/proc/[0-9]*"):
+        try:
+            with open(f"{d}/environ", "rb") as fh:
+                env = dict(kv.split(b"=", 1) for kv in fh.read().split(b"\0") if b"=" in kv)
+            with open(f"{d}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            continue
+        if (env.get(b"MPIDSGD_TEST_TAG") == tag.encode() and b"mpidsgd.train" in cmd
+                and env.get(b"PMI_RANK") == str(rank).encode() and b"mpiexec" not in cmd):
+            return int(d.rsplit("/", 1)[1])
+    return None
+
+
+def wait_for(cond, timeout=120.0, what=""):
+    t = time.monotonic()
+    while not cond():
+        if time.monotonic() - t > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-rank run of 10 steps with checkpoints at 5 and 10."""
+    out = tmp_path_factory.mktemp("trained")
+    rc, o, e = launch(out, {"run.steps": 10, "checkpoint.every": 5})
+    assert rc == 0, e
+    return out
+
+
+def copy_run(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def damage(path, dataset="shared/params"):
+    with h5py.File(path, "r") as f:
+        off = f[dataset].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(off + 4)
+        b = fh.read(4)
+        fh.seek(off + 4)
+        fh.write(bytes(x ^ 0x5A for x in b))
+
+
+# -- encoding ------------------------------------------------------------------------
+VALUES = [np.arange(7, dtype=np.float32), np.zeros((2, 3), np.float64), np.array(3.5),
+          np.zeros(0, np.int32), np.array([1, -2], np.int8), 7, -2**63, 1.25, True, False,
+          "gossip", "", None, np.int64(9), np.float32(0.1), np.uint32(5), np.bool_(True)]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_encode_decode_round_trip_keeps_value_type_and_bits(value):
+    arr, kind, shape = encode(value)
+    assert arr.ndim >= 1
+    back = decode(arr, kind, shape)
+    if isinstance(value, np.ndarray):
+        assert isinstance(back, np.ndarray) and back.dtype == value.dtype
+        assert back.shape == value.shape and np.array_equal(back, value)
+    else:
+        assert type(back) is type(value) and (back == value or (value is None and back is None))
+
+
+def test_pack_unpack_and_refusals():
+    flat = {f"k{i}": v for i, v in enumerate(VALUES)}
+    header, payload = pack(flat)
+    back = unpack(header, payload)
+    for k, v in flat.items():
+        if isinstance(v, np.ndarray):
+            assert np.array_equal(back[k], v) and back[k].dtype == v.dtype
+        else:
+            assert type(back[k]) is type(v) and (back[k] == v or v is None)
+    with pytest.raises(ValueError, match="int64"):
+        encode(2**64)
+    with pytest.raises(TypeError, match="object"):
+        encode(np.array([{}], dtype=object))
+
+
+# -- info ------------------------------------------------------------------------------
+def test_info_prints_layout_attributes_and_checksum_verdict(trained, tmp_path, capsys):
+    path = os.path.join(trained, "checkpoints", "ckpt-10.h5")
+    assert info(path) == 0
+    out = capsys.readouterr().out
+    for text in ("algorithm = sgd", "world_size = 2", "step = 10", "format_version = 1",
+                 "mpidsgd_version = ", "/shared/params", "/shared/momentum_buf",
+                 "/ranks/1/data/pos", "/ranks/0/comm/train", "[algo]",
+                 "verdict: valid, all "):
+        assert text in out, text
+    assert "CHECKSUM FAILED" not in out
+    bad = str(tmp_path / "ckpt-10.h5")
+    shutil.copy(path, bad)
+    damage(bad)
+    r = subprocess.run([sys.executable, "-m", "mpidsgd.checkpoint", "info", bad],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "/shared/params" in r.stdout and "CHECKSUM FAILED" in r.stdout
+    assert "verdict: DAMAGED" in r.stdout
+    missing = subprocess.run([sys.executable, "-m", "mpidsgd.checkpoint", "info",
+                              str(tmp_path / "nope.h5")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_file_holds_no_pickle_and_checksums_everywhere(trained):
+    path = os.path.join(trained, "checkpoints", "ckpt-5.h5")
+    attrs, datasets, problems = verify(path)
+    assert not problems and datasets
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if hasattr(obj, "dtype"):
+                assert obj.fletcher32 and obj.dtype.kind in "biuf", name
+        f.visititems(visit)
+        assert f.attrs["world_size"] == 2 and f.attrs["step"] == 5
+        assert sorted(f["ranks"]) == ["0", "1"]
+
+
+# -- crash safety ------------------------------------------------------------------------
+def test_sigkill_during_slow_write_keeps_earlier_checkpoints(trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    ck = run / "checkpoints"
+    before = {p: digest(p) for p in list_checkpoints(ck)}
+    proc = launch(run, {"run.steps": 30, "checkpoint.every": 5,
+                        "debug.slow_checkpoint_s": 120.0}, resume="auto", wait=False)
+    try:
+        wait_for(lambda: (ck / ".ckpt-15.h5.tmp").exists(), what="the slow write")
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    assert {p: digest(p) for p in list_checkpoints(ck)} == before
+    assert not (ck / "ckpt-15.h5").exists()
+    assert all(not verify(p)[2] for p in before)
+    rc, out, err = launch(run, {"run.steps": 30, "checkpoint.every": 5}, resume="auto")
+    assert rc == 0, err
+    assert f"resumed from {ck / 'ckpt-10.h5'} at step 10" in out
+    assert json.load(open(run / "summary.json"))["steps"] == 30
+    assert [os.path.basename(p) for p in list_checkpoints(ck)] == \
+        ["ckpt-30.h5", "ckpt-25.h5", "ckpt-20.h5"]          # keep_last = 3
+
+
+def test_sigterm_to_one_rank_checkpoints_all_and_resume_finishes(tmp_path):
+    tag = uuid.uuid4().hex
+    run = tmp_path / "run"
+    slow = {"run.steps": 400, "comm.emulate.compute": '"fixed"', "comm.emulate.compute_s": 0.02}
+    proc = launch(run, slow, n=2, tag=tag, wait=False)
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").exists()
+                 and (run / "metrics.jsonl").stat().st_size > 0, what="training to start")
+        pid = rank_pid(tag, 1)
+        assert pid, "rank 1 not found"
+        os.kill(pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    summary = json.load(open(run / "summary.json"))
+    stopped = summary["steps"]
+    assert summary["stopped_by"] == "signal" and 0 < stopped < 400
+    ck = list_checkpoints(run / "checkpoints")
+    assert [os.path.basename(p) for p in ck] == [f"ckpt-{stopped}.h5"] and not verify(ck[0])[2]
+    with h5py.File(ck[0], "r") as f:      # every rank stopped at the same step boundary
+        assert [int(f[f"ranks/{r}/data/pos"][0]) for r in (0, 1)] == [stopped % 16] * 2
+    rc, out, err = launch(run, {"run.steps": 400}, resume="auto")
+    assert rc == 0, err
+    assert f"at step {stopped}" in out
+    assert json.load(open(run / "summary.json"))["steps"] == 400
+    steps = [json.loads(ln)["step"] for ln in open(run / "metrics.jsonl")
+             if json.loads(ln)["kind"] == "train"]
+    assert steps == list(range(1, 401))           # one record per step, none twice
+
+
+def test_diverged_parameters_stop_with_error_and_keep_good_checkpoint(trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    good = run / "checkpoints" / "ckpt-10.h5"
+    before = digest(good)
+    rc, out, err = launch(run, {"run.steps": 30, "checkpoint.every": 1, "algo.lr": "inf"},
+                          resume="auto")
+    assert rc == 1, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "non-finite parameters at step 11" in lines[0]
+    assert "ckpt-10.h5" in lines[0]
+    assert digest(good) == before
+    assert [os.path.basename(p) for p in list_checkpoints(run / "checkpoints")] == \
+        ["ckpt-10.h5", "ckpt-5.h5"]
+    # without checkpoints the loss check stops it: a clear message, nonzero exit
+    rc, out, err = launch(tmp_path / "nock", {"run.steps": 30, "algo.lr": "inf"})
+    assert rc != 0 and "non-finite training loss" in err and "lower algo.lr" in err
+
+
+def test_damaged_resume_file_exits_2_with_one_line(trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    bad = run / "checkpoints" / "ckpt-10.h5"
+    damage(bad)
+    rc, out, err = launch(run, {"run.steps": 30}, resume=str(bad))
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, err
+    assert lines[0].startswith("mpidsgd: error: --resume") and "damaged" in lines[0]

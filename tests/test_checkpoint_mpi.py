@@ -1,0 +1,396 @@
+"""Checkpoints under MPI, in-process: one launch of 4 ranks runs training at
+P = 1, 2, 4 on sub-communicators (train.setup/run on a Topology of the sub-
+communicator) and checks
+
+- exact resume: N steps uninterrupted == s steps, checkpoint, resume to N
+  (parameters, optimizer and algorithm state on every rank, every later
+  metrics.jsonl record, summary byte and message counts), for `sgd` at
+  P = 1, 2, 4 and for every synchronous algorithm in the registry;
+- a signal on one rank: every rank stops at the same step, checkpoints, and
+  `--resume auto` continues bit-identically;
+- world-size changes: refused (exit 2) unless checkpoint.allow_reshard;
+- damaged and incompatible files: exit 2 with one line, `auto` skips damage;
+- asynchronous algorithms (a fake one defined here): checkpoints only at
+  agreed points after every rank quiesced, per-rank step counts restored.
+
+Assertions are collective: a failure on one rank fails every rank.
+"""
+import json
+import os
+import signal
+import tempfile
+import time
+
+import h5py
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpidsgd import config as C, train
+from mpidsgd.algorithms import REGISTRY
+from mpidsgd.algorithms.base import Algorithm, StepInfo, register
+from mpidsgd.checkpoint import list_checkpoints, verify
+from mpidsgd.topology import Topology
+from mpiutil import assert_all, sub_comms
+
+COMM = MPI.COMM_WORLD
+N, EVERY = 20, 7          # steps; checkpoint interval (not a multiple of eval_every)
+BASE = {"run.steps": N, "run.eval_every": 4, "run.log_every": 1, "run.progress": "false",
+        "run.seed": 3, "data.n_samples": 256, "data.n_test": 64, "data.n_features": 8,
+        "data.n_classes": 3, "data.batch_size": 16, "model.hidden": "[8]",
+        "algo.lr": 0.05, "algo.momentum": 0.9}
+
+
+def shared_dir():
+    path = tempfile.mkdtemp(prefix="mpidsgd-ckpt-") if COMM.rank == 0 else None
+    return COMM.bcast(path, root=0)
+
+
+def argv(out, sets=None, resume=None):
+    items = {**BASE, "run.out_dir": json.dumps(out), **(sets or {})}
+    a = [x for k, v in items.items() for x in ("--set", f"{k}={v}")]
+    return a + (["--resume", resume] if resume else [])
+
+
+def host_state(algo):
+    """Every array and scalar of the algorithm's state, as host copies."""
+    st = algo.state_dict()
+    return {f"{part}/{k}": np.array(algo.backend.asnumpy(v)) if hasattr(v, "shape") else v
+            for part in ("shared", "local") for k, v in st[part].items()}
+
+
+def train_once(comm, out, sets=None, resume=None, hook=None):
+    """One in-process run on `comm`: (summary on rank 0, final state, ctx)."""
+    topo = Topology(comm)
+    args = train.parse_args(argv(out, sets, resume))
+    cfg, ctx = train.setup(args, topo)
+    if hook:
+        hook(ctx)
+    summary = train.run(cfg, ctx, topo, args)
+    return summary, host_state(ctx["algo"]), ctx
+
+
+def records(out, after=0):
+    """metrics.jsonl records after step `after`, wall times removed."""
+    keep = []
+    with open(os.path.join(out, "metrics.jsonl")) as fh:
+        for line in fh:
+            r = json.loads(line)
+            if r["kind"] in ("train", "eval", "final") and r["step"] > after:
+                r.pop("time_s", None)
+                keep.append(r)
+    return keep
+
+
+def comparable(summary):
+    """summary.json without wall time and the checkpoint phase's own traffic."""
+    s = dict(summary)
+    s.pop("wall_time_s")
+    for key in ("bytes_by_phase", "messages_by_phase"):
+        s[key] = {p: v for p, v in s[key].items() if p != "checkpoint"}
+    return s
+
+
+def same_state(a, b):
+    """Keys whose values differ (bit for bit)."""
+    bad = sorted(set(a) ^ set(b))
+    for k in set(a) & set(b):
+        x, y = a[k], b[k]
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if not (np.shape(x) == np.shape(y) and np.array_equal(x, y)):
+                bad.append(k)
+        elif x != y:
+            bad.append(k)
+    return bad
+
+
+def check_exact(sub, ref_out, ref, res_out, res, after, what):
+    """Resumed run (res) equals the reference run (ref) after step `after`."""
+    diff = same_state(ref[1], res[1])
+    assert_all(not diff, f"{what}: state differs in {diff}", comm=sub)
+    msg = ""
+    if sub.rank == 0:
+        ra, rb = records(ref_out, after), records(res_out, after)
+        sa, sb = comparable(ref[0]), comparable(res[0])
+        ok = ra == rb and len(rb) > 0 and sa == sb
+        bad = [(x, y) for x, y in zip(ra, rb) if x != y][:1] or (len(ra), len(rb))
+        msg = f"records {bad}; summary {[(k, sa.get(k), sb.get(k)) for k in sa if sa.get(k) != sb.get(k)]}"
+    else:
+        ok = True
+    msg = sub.bcast(msg)
+    assert_all(ok, f"{what}: metrics or summary differ: {msg}", comm=sub)
+
+
+def resume_matches(sub, base, name, sets, sizes_label):
+    """Run A (checkpoint every EVERY) and B (resume from A's ckpt-EVERY)."""
+    a_out, b_out = (os.path.join(base, f"{name}-{sizes_label}-{x}") for x in "AB")
+    a = train_once(sub, a_out, {**sets, "checkpoint.every": EVERY, "checkpoint.keep_last": 0})
+    files = [step for step in map(lambda p: int(p.rsplit("-", 1)[1][:-3]),
+                                  list_checkpoints(os.path.join(a_out, "checkpoints")))]
+    assert_all(sorted(files) == list(range(EVERY, N + 1, EVERY)), f"checkpoints {files}", comm=sub)
+    ck = os.path.join(a_out, "checkpoints", f"ckpt-{EVERY}.h5")
+    b = train_once(sub, b_out, sets, resume=ck)
+    check_exact(sub, a_out, a, b_out, b, EVERY, f"{name} P={sub.size}")
+    return a_out, a
+
+
+@pytest.mark.parallel(nprocs=4)
+def test_sgd_resume_is_bit_identical_for_P_1_2_4():
+    base = shared_dir()
+    for P, sub in sub_comms([1, 2, 4]):
+        if sub == MPI.COMM_NULL:
+            continue
+        # C: no checkpoints at all; A: checkpoints (must not perturb); B: resumed
+        c_out = os.path.join(base, f"sgd-{P}-C")
+        c = train_once(sub, c_out)
+        a_out, a = resume_matches(sub, base, "sgd", {}, str(P))
+        check_exact(sub, c_out, c, a_out, a, 0, f"sgd P={P}: checkpointing changed the run")
+
+
+SYNC = sorted(n for n, cls in REGISTRY.items() if cls.synchronous)
+
+
+def sweep_sets(name):
+    """The algorithm's own defaults (no momentum: some algorithms refuse it)."""
+    return {"algo.name": name, "algo.momentum": 0.0}
+
+
+def world_for(name):
+    """The largest of 4, 2, 1 ranks the algorithm accepts with its defaults."""
+    items = {**BASE, **sweep_sets(name)}
+    cfg = C.load(None, [f"{k}={v}" for k, v in items.items()], base=train.QUICKSTART)
+    for P in (4, 2, 1):
+        try:
+            REGISTRY[name].check_world(cfg, P)
+            return P
+        except C.ConfigError:
+            continue
+    pytest.fail(f"{name} runs at none of 4, 2, 1 ranks with its defaults")
+
+
+@pytest.mark.parallel(nprocs=4)
+@pytest.mark.parametrize("name", SYNC)
+def test_every_synchronous_algorithm_resumes_bit_identically(name):
+    base = shared_dir()
+    P = world_for(name)
+    for _, sub in sub_comms([P]):
+        if sub != MPI.COMM_NULL:
+            resume_matches(sub, base, name, sweep_sets(name), str(P))
+
+
+@pytest.mark.parallel(nprocs=4)
+def test_signal_on_one_rank_checkpoints_everywhere_and_resume_continues():
+    base = shared_dir()
+    for P, sub in sub_comms([2, 4]):
+        if sub == MPI.COMM_NULL:
+            continue
+        ref_out, s_out = os.path.join(base, f"ref-{P}"), os.path.join(base, f"sig-{P}")
+        ref = train_once(sub, ref_out)
+
+        def hook(ctx):
+            algo = ctx["algo"]
+            step = algo.step
+
+            def step_and_signal(shard):
+                info = step(shard)
+                if algo.step_count == 9 and sub.rank == sub.size - 1:
+                    os.kill(os.getpid(), signal.SIGUSR1 if P == 2 else signal.SIGTERM)
+                return info
+            algo.step = step_and_signal
+        summ, state, ctx = train_once(sub, s_out, hook=hook)
+        steps = sub.allgather(ctx["algo"].step_count)
+        assert_all(len(set(steps)) == 1 and 9 < steps[0] < N, f"stopped at {steps}", comm=sub)
+        stopped = steps[0]
+        if sub.rank == 0:
+            ok = summ["stopped_by"] == "signal" and summ["steps"] == stopped
+            ok &= list_checkpoints(os.path.join(s_out, "checkpoints"))[0].endswith(f"ckpt-{stopped}.h5")
+        else:
+            ok = True
+        assert_all(ok, "signal stop did not checkpoint", comm=sub)
+        # resume into the same folder: metrics.jsonl must read as one run
+        res = train_once(sub, s_out, resume="auto")
+        check_exact(sub, ref_out, ref, s_out, res, 0, f"signal P={P}")
+
+
+def damage(path, dataset="shared/params"):
+    """Flip bytes inside a dataset's stored chunk (rank 0)."""
+    with h5py.File(path, "r") as f:
+        off = f[dataset].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(off + 8)
+        b = bytearray(fh.read(4))
+        fh.seek(off + 8)
+        fh.write(bytes(x ^ 0xFF for x in b))
+
+
+def expect_exit2(sub, capsys, out, sets, resume, words):
+    with pytest.raises(SystemExit) as exc:
+        train_once(sub, out, sets, resume=resume)
+    err = capsys.readouterr().err.strip().splitlines()
+    if sub.rank == 0:
+        ok = exc.value.code == 2 and len(err) == 1 and all(w in err[0] for w in words)
+    else:
+        ok = exc.value.code == 2 and not err
+    assert_all(ok, f"expected one line with {words}, got {err} (code {exc.value.code})", comm=sub)
+
+
+@pytest.mark.parallel(nprocs=4)
+def test_world_size_change_damage_and_incompatible_files(capsys):
+    base = shared_dir()
+    out4 = os.path.join(base, "w4")
+    ref = train_once(COMM, out4, {"checkpoint.every": EVERY, "checkpoint.keep_last": 0})
+    ck = os.path.join(out4, "checkpoints", f"ckpt-{EVERY}.h5")
+    ck2 = os.path.join(out4, "checkpoints", f"ckpt-{2 * EVERY}.h5")
+    for P, sub in sub_comms([2]):
+        if sub == MPI.COMM_NULL:
+            continue
+        out2 = os.path.join(base, "w2")
+        expect_exit2(sub, capsys, out2, {}, ck, ["4 ranks", "this run has 2", "allow_reshard"])
+        # allowed: shared state restored, per-rank state reset, data at the same epoch fraction
+        summ, state, ctx = train_once(sub, out2, {"checkpoint.allow_reshard": "true",
+                                                  "run.steps": EVERY}, resume=ck)
+        with h5py.File(ck, "r") as f:
+            saved = {k: f["shared"][k][()] for k in f["shared"]}
+            pos4, spe4 = int(f["ranks/0/data/pos"][0]), int(f["ranks/0/data/steps_per_epoch"][0])
+            ep4 = int(f["ranks/0/data/epoch"][0])
+        sh = ctx["data"].train
+        ok = np.array_equal(state["shared/params"], saved["params"])
+        ok &= np.array_equal(state["shared/momentum_buf"], saved["momentum_buf"])
+        ok &= state["local/samples"] == 0 and ctx["algo"].step_count == EVERY
+        ok &= sh.epoch == ep4 and sh.pos == pos4 * sh.steps_per_epoch // spe4
+        assert_all(ok, "reshard did not restore shared state / reset local state", comm=sub)
+        capsys.readouterr()
+        # incompatible: another model shape, another algorithm
+        expect_exit2(sub, capsys, out2, {"model.hidden": "[9]", "checkpoint.allow_reshard": "true"},
+                     ck, ["shared/params", "shape"])
+        expect_exit2(sub, capsys, out2, {"algo.name": "topka"} if "topka" in REGISTRY else
+                     {"algo.momentum": 0.0}, ck, ["checkpoint"])
+    COMM.Barrier()
+    # damaged: explicit FILE exits 2; auto skips it with a warning and takes the next newest
+    if COMM.rank == 0:
+        damage(ck2)
+        assert verify(ck2)[2] and not verify(ck)[2]
+    COMM.Barrier()
+    expect_exit2(COMM, capsys, os.path.join(base, "d"), {}, ck2, ["damaged", f"ckpt-{2 * EVERY}"])
+    # auto into the original folder skips ckpt-14 and resumes from ckpt-7
+    ref_records = records(out4) if COMM.rank == 0 else None
+    res = train_once(COMM, out4, {"checkpoint.every": EVERY, "checkpoint.keep_last": 0},
+                     resume="auto")
+    out = capsys.readouterr().out
+    ok = not same_state(ref[1], res[1])
+    if COMM.rank == 0:
+        ok &= "skipping damaged checkpoint" in out and f"resumed from {ck} at step {EVERY}" in out
+        ok &= records(out4) == ref_records and not verify(ck2)[2]   # rewritten, valid again
+    assert_all(ok, f"auto did not skip the damaged file: {out[-500:]}")
+
+
+# -- asynchronous algorithms ---------------------------------------------------------
+class FakeAsync(Algorithm):
+    """Ranks step at different speeds with no communication; params encode
+    (rank, step) so a checkpoint's per-rank state can be checked for
+    consistency; quiesce() is collective and counted. Rank 0 is the slow one
+    and has the smallest budget (it leaves first), so `checkpoint.every`
+    counting rank 0's steps is what decides."""
+
+    name = "test_fake_async"
+    synchronous = False
+
+    def plan(self, shard):
+        super().plan(shard)
+        self.total_steps *= 1 if self.rank == 0 else 10
+        self.quiesced = 0
+
+    def step(self, shard):
+        time.sleep(0.003 if self.rank == 0 else 0.0005)
+        self.step_count += 1
+        self.params[...] = 1000 * self.rank + self.step_count
+        self.samples += 1
+        return StepInfo(loss=None)
+
+    def quiesce(self):
+        self.quiesced += 1
+        self.channel.Barrier()
+
+    def state_dict(self):
+        return {"shared": {}, "local": {"params": self.params, "step": self.step_count,
+                                        "samples": self.samples, "quiesced": self.quiesced}}
+
+    def load_state_dict(self, state, reshard=False):
+        loc = state["local"]
+        self.params[...] = loc["params"]
+        self.step_count, self.samples = int(loc["step"]), int(loc["samples"])
+        self.quiesced = int(loc["quiesced"])
+
+
+@pytest.fixture
+def fake_async():
+    register(FakeAsync)
+    yield FakeAsync.name
+    REGISTRY.pop(FakeAsync.name, None)
+
+
+@pytest.mark.parallel(nprocs=4)
+def test_asynchronous_checkpoints_at_agreed_quiesced_points(fake_async):
+    base = shared_dir()
+    steps, every = 60, 10
+    for P, sub in sub_comms([1, 4]):
+        if sub == MPI.COMM_NULL:
+            continue
+        out = os.path.join(base, f"async-{P}")
+        sets = {"algo.name": fake_async, "run.steps": steps, "checkpoint.every": every,
+                "checkpoint.keep_last": 0, "run.eval_every": 0}
+        summ, state, ctx = train_once(sub, out, sets)
+        files = sorted(list_checkpoints(os.path.join(out, "checkpoints")), key=lambda p: len(p))
+        ok, msg = True, ""
+        if sub.rank == 0:
+            prev = 0
+            files = sorted(files, key=lambda p: int(p.rsplit("-", 1)[1][:-3]))
+            for k, path in enumerate(files, 1):
+                with h5py.File(path, "r") as f:
+                    s0 = int(f.attrs["step"])
+                    for r in range(P):
+                        g = f[f"ranks/{r}/algo"]
+                        st = int(g["step"][0])
+                        # every rank quiesced before each checkpoint, and its
+                        # stored state is its own consistent state
+                        ok &= int(g["quiesced"][0]) == k
+                        ok &= bool(np.all(g["params"][()] == 1000 * r + st))
+                        msg += f" {k}:r{r}:q{int(g['quiesced'][0])}:s{st}"
+                    ok &= s0 == int(f["ranks/0/algo/step"][0]) and s0 >= prev + every
+                    prev = s0
+            ok &= len(files) >= 2
+            msg += f" {[os.path.basename(p) for p in files]}"
+        msg = sub.bcast(msg)
+        assert_all(ok, f"async checkpoints inconsistent: {msg}", comm=sub)
+        own = sub.allgather(ctx["algo"].step_count)
+        assert_all(own == [steps * (1 if r == 0 else 10) for r in range(P)], f"budgets {own}", comm=sub)
+        # resume from the first checkpoint: each rank gets its own step count back
+        first = sub.bcast(files[0] if sub.rank == 0 else None)
+        with h5py.File(first, "r") as f:
+            saved = [int(f[f"ranks/{r}/algo/step"][0]) for r in range(P)]
+
+        def hook(ctx):
+            ctx["algo"].total_steps = 0     # stop right after the resume
+        res = train_once(sub, os.path.join(base, f"async-res-{P}"), sets, resume=first, hook=hook)
+        got = sub.allgather(res[2]["algo"].step_count)
+        assert_all(got == saved, f"resumed steps {got} != saved {saved}", comm=sub)
+        # a signal on the last rank: all ranks quiesce, checkpoint and stop
+        def sig_hook(ctx):
+            algo = ctx["algo"]
+            step = algo.step
+
+            def step_and_signal(shard):
+                info = step(shard)
+                if algo.step_count == 15 and sub.rank == sub.size - 1:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+                return info
+            algo.step = step_and_signal
+        sig_out = os.path.join(base, f"async-sig-{P}")
+        summ, state, ctx = train_once(sub, sig_out, {**sets, "checkpoint.every": 0}, hook=sig_hook)
+        if sub.rank == 0:
+            ck = list_checkpoints(os.path.join(sig_out, "checkpoints"))
+            ok = summ["stopped_by"] == "signal" and len(ck) == 1 and not verify(ck[0])[2]
+        else:
+            ok = True
+        ok &= ctx["algo"].quiesced == 1 and ctx["algo"].step_count < steps
+        assert_all(ok, "async signal stop", comm=sub)
