@@ -87,7 +87,8 @@ def test_one_rank_matches_simulation(dtype, density):
         assert np.array_equal(g, ref["out"]) and np.array_equal(sd.residual(), ref["E"][0])
         assert sd.last["selected"] == sd.k_b == ref["k_b"]
         E = ref["E"]
-    assert ch.counters.snapshot() == ({}, {}) or sum(ch.counters.bytes.values()) == 0
+    # one rank: no traffic at all
+    assert sum(ch.counters.bytes.values()) == 0 and sum(ch.counters.messages.values()) == 0
     if density == 1.0:
         assert not sd.residual().any()
 
@@ -167,3 +168,17 @@ def test_one_rank_density_one_is_sgd_bit_for_bit():
     assert np.array_equal(sp.params, dense.params)
     s = sp.summary()
     assert s["k_b"] == sp.params.size and s["teams"] == 1 and s["density"] == 1.0
+
+
+def test_cli_teams_not_dividing_world_exits_2_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ)
+    env.pop("_PYTEST_MPI_CHILD_PROCESS", None)
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "mpidsgd.train", "--set", "algo.name=spardl",
+           "--set", "algo.teams=3", "--set", "run.steps=2", "--set", f"run.out_dir='{tmp_path}'"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "algo.teams" in lines[0] and "2" in lines[0], lines

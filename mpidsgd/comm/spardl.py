@@ -20,7 +20,6 @@ import numpy as np
 
 from ..kernels import scatter_add, topk_abs
 from . import costmodel as cm
-from .bruck import array_module
 from .spar_allgather import block_allgather, bsag, next_h, rsag
 from .spar_reduce_scatter import spar_reduce_scatter
 
