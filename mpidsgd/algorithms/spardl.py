@@ -91,8 +91,12 @@ class SparDLSGD(Algorithm):
 
     def summary(self):
         sd = self.sd
+        # per sparse step; B-SAG figures with the start value of h
         nbytes, msgs = cm.spardl(sd.n, sd.dtype.itemsize, sd.P, sd.density, teams=sd.teams,
                                  sag=sd.sag)
-        return {"density": sd.density, "teams": sd.teams, "sag": sd.sag, "k_b": sd.k_b,
-                "block_len": sd.c, "k": sd.k_b * sd.p_team,
-                "predicted_bytes_per_step": nbytes, "predicted_messages_per_step": msgs}
+        out = {"density": sd.density, "teams": sd.teams, "sag": sd.sag, "k_b": sd.k_b,
+               "block_len": sd.c, "k": sd.k_b * sd.p_team,
+               "predicted_bytes_per_step": nbytes, "predicted_messages_per_step": msgs}
+        if sd.teams > 1 and sd.sag == "bruck":
+            out["sag_h"] = sd.h          # this rank's group; the start value is max(1, k_b // d)
+        return out
