@@ -65,6 +65,7 @@ def dense_rabenseifner(n: int, s: int, p: int):
     """Rabenseifner allreduce (the booking rule of MPI Allreduce)."""
     return allreduce_booking(n * s, p)
 
+
 # -- SparDL (comm/spardl.py): exact per-rank figures -------------------------------
 # One sparse entry travels as a 4-byte int32 block-local index plus its value.
 def spardl_block(n: int, p_team: int, density: float):
