@@ -25,16 +25,22 @@ def cfg_with(**algo):
     ("max_outstanding", 1.5, "algo.max_outstanding"),
     ("deterministic", "yes", "algo.deterministic"),
     ("push_every", 3, "algo.push_every"),
+    ("budget", "global", "algo.budget"),
 ])
 def test_bad_config_names_the_key(key, value, needle):
     with pytest.raises(C.ConfigError, match=needle.replace(".", r"\.")):
         cfg_with(**{key: value})
 
 
+def test_shared_budget_needs_free_running_ranks():
+    with pytest.raises(C.ConfigError, match=r"algo\.budget"):
+        cfg_with(budget="shared", deterministic=True)
+
+
 def test_defaults_and_resolved_config_round_trip():
     cfg = cfg_with()
     o = cfg.algo.options
-    assert (o.p, o.max_outstanding, o.deterministic) == (0.25, 2, False)
+    assert (o.p, o.max_outstanding, o.deterministic, o.budget) == (0.25, 2, False, "rank")
     again = C.from_dict(C.to_dict(cfg))
     assert again.algo.options == o
 

@@ -96,13 +96,23 @@ def test_conservation_and_clean_drain_in_100_random_runs():
         p = float(rng.uniform(0.05, 1.0))
         mo = int(rng.integers(1, 4))
         steps = rng.integers(1, 41, size=8)
+        budget = "shared" if run % 4 == 3 else "rank"
         sub = WORLD.Split(0 if WORLD.rank < P else MPI.UNDEFINED, WORLD.rank)
         if sub != MPI.COMM_NULL:
-            algo, shard, _ = make(sub, steps=40, seed=run, p=p, max_outstanding=mo)
-            algo.total_steps = int(steps[sub.rank])
+            algo, shard, _ = make(sub, steps=40, seed=run, p=p, max_outstanding=mo, budget=budget)
+            if budget == "rank":
+                algo.total_steps = int(steps[sub.rank])
+            else:      # one slow rank: the others take over its share
+                algo.compute_emu.factor = 1.0 + 30.0 * (sub.rank == P - 1)
+                algo.compute_emu.active = True
             x0 = algo.params.copy()
             run_to_end(algo, shard)
-            assert_all(algo.step_count == steps[sub.rank], "step budget", comm=sub)
+            if budget == "rank":
+                assert_all(algo.step_count == steps[sub.rank], "step budget", comm=sub)
+            else:
+                total = sub.allreduce(algo.step_count)
+                assert_all(P * 40 <= total <= P * 40 + 40 * P * P, f"shared budget {total}",
+                           comm=sub)
             check_conservation(algo, x0, sub, f"run {run} P={P} p={p:.2f} mo={mo}")
             pushes += algo.pushes
             sub.Free()

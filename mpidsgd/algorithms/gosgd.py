@@ -63,6 +63,9 @@ class GossipOptions:
                                   "(weight not halved)")
     deterministic: bool = doc(False, "shared push schedule, messages merged at step boundaries: "
                                      "reproducible, lock-step")
+    budget: str = doc("rank", "rank: every rank runs run.steps / run.epochs; shared: the ranks "
+                              "together run P times that, so fast ranks take more steps than "
+                              "stragglers (progress is learnt from the pushes)")
 
 
 @register
@@ -78,6 +81,11 @@ class GoSGD(Algorithm):
             raise ConfigError(f"algo.p must be in [0, 1], got {o.p}")
         if not 1 <= o.max_outstanding <= 64:
             raise ConfigError(f"algo.max_outstanding must be in 1..64, got {o.max_outstanding}")
+        if o.budget not in ("rank", "shared"):
+            raise ConfigError(f"algo.budget must be rank or shared, got {o.budget!r}")
+        if o.budget == "shared" and o.deterministic:
+            raise ConfigError("algo.budget = 'shared' needs free-running ranks "
+                              "(algo.deterministic = false): lock step has one budget")
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -89,10 +97,14 @@ class GoSGD(Algorithm):
         self.alpha = 1.0 / self.size
         self.seed = int(self.cfg.run.seed)
         self.box = None
+        self.shared_budget = o.budget == "shared" and self.size > 1
+        # steps of every rank as far as this rank knows (its own exactly)
+        self.known = np.zeros(self.size, np.int64)
         if self.size > 1:
             self.box = Mailbox(self.channel, self.params.size, self.params.dtype,
                                max_outstanding=1 if self.det else int(o.max_outstanding),
-                               backend=self.backend)
+                               backend=self.backend,
+                               info=self.size if self.shared_budget else 0)
         self._host = self.backend.xp is np
         self.pushes = self.skipped = self.merged = 0
         self.staleness = 0            # sum over merges of (own step - sender's step)
@@ -107,6 +119,15 @@ class GoSGD(Algorithm):
             # lock step needs one budget: the smallest any rank planned
             b = self.channel.allreduce_values([self.total_steps], op=MPI.MIN)
             self.total_steps = int(b[0])
+
+    def done(self) -> bool:
+        """Own budget, or (budget = shared) the steps of all ranks, as far
+        as known, reach P budgets. Knowledge lags, so ranks may overshoot a
+        little; summary.json reports the samples actually processed."""
+        if not self.shared_budget:
+            return super().done()
+        self.known[self.rank] = self.step_count
+        return int(self.known.sum()) >= self.size * self.total_steps
 
     # -- one step ---------------------------------------------------------------------
     def step(self, shard) -> StepInfo:
@@ -145,11 +166,15 @@ class GoSGD(Algorithm):
 
     def _push(self, dest, slot):
         self.alpha /= 2.0
-        self.box.push(self.params, self.alpha, self.step_count, dest, slot)
+        self.known[self.rank] = self.step_count
+        self.box.push(self.params, self.alpha, self.step_count, dest, slot,
+                      info=self.known if self.shared_budget else None)
         self.pushes += 1
 
-    def _merge(self, x_s, a_s, step_s, source):
+    def _merge(self, x_s, a_s, step_s, source, info=None):
         """Push-sum merge: x += a_s / (alpha + a_s) * (x_s - x); alpha += a_s."""
+        if info is not None:
+            np.maximum(self.known, info, out=self.known)
         w = a_s / (self.alpha + a_s)
         mix(self.params, x_s if self._host else self.xp.asarray(x_s), w)
         self.alpha += a_s
@@ -210,6 +235,7 @@ class GoSGD(Algorithm):
             "gossip_weight_by_rank": [float(a) for a in every[:, 2]],
             "gossip_deterministic": self.det,
             "gossip_p": self.p,
+            "gossip_budget": self.opts.budget,
         }
 
     def summary(self):
@@ -228,6 +254,7 @@ class GoSGD(Algorithm):
         if self.box is not None:
             local["sent_to"] = self.box.sent_to
             local["recv_from"] = self.box.recv_from
+            local["known"] = self.known
         if self.consensus is None and self.synchronous and self.box is not None \
                 and self.step_count > 0:
             self._consensus()              # lock step: every rank is here together
@@ -259,4 +286,5 @@ class GoSGD(Algorithm):
         if self.box is not None:
             self.box.sent_to[...] = np.asarray(lo["sent_to"])
             self.box.recv_from[...] = np.asarray(lo["recv_from"])
+            self.known[...] = np.asarray(lo["known"])
         self.consensus = None

@@ -3,10 +3,12 @@ matched-probe receives from any peer, and the NBX drain.
 
 One message = one payload buffer in the parameters' dtype:
 
-    [ x (n values) | alpha (float64 bits) | origin step (int64 bits) ]
+    [ x (n values) | alpha (float64 bits) | origin step (int64 bits) | info ]
 
 so x and its push-sum weight can never be separated or re-paired. The weight
-travels as the exact 8 bytes of a float64 whatever the dtype of x.
+travels as the exact 8 bytes of a float64 whatever the dtype of x; `info` is
+an optional fixed-length int64 vector the caller piggybacks (gosgd's shared
+step budget sends what it knows of every rank's progress).
 
 Sends are `Issend`s from snapshot buffers owned by the mailbox; at most
 `max_outstanding` are in flight, and a buffer is reused only after its
@@ -53,25 +55,29 @@ class Backoff:
             self.s = min(2 * self.s, IDLE_S[1])
 
 
-def header_words(dtype) -> int:
-    """Payload words the 16-byte header takes in the parameters' dtype."""
+def header_words(dtype, info: int = 0) -> int:
+    """Payload words the header (16 bytes + 8 per info value) takes in the
+    parameters' dtype."""
     item = np.dtype(dtype).itemsize
-    return -(-HEADER.itemsize // item)
+    return -(-(HEADER.itemsize + 8 * info) // item)
 
 
 class Mailbox:
     """Point-to-point push-sum traffic of one rank.
 
-    `merge(x_s, alpha_s, step_s, source)` is the receiver's callback; `x_s`
-    is a host view valid only during the call.
+    `merge(x_s, alpha_s, step_s, source[, info])` is the receiver's callback
+    (info only when the mailbox carries it); `x_s` is a host view valid only
+    during the call.
     """
 
-    def __init__(self, channel, n: int, dtype, *, max_outstanding: int = 1, backend=None):
+    def __init__(self, channel, n: int, dtype, *, max_outstanding: int = 1, backend=None,
+                 info: int = 0):
         self.chan = channel.split(0)          # private communicator, shared counters
         self.rank, self.size = self.chan.rank, self.chan.size
         self.backend = backend or channel.backend
         self.n, self.dtype = int(n), np.dtype(dtype)
-        self.k = header_words(self.dtype)
+        self.info = int(info)
+        self.k = header_words(self.dtype, self.info)
         words = self.n + self.k
         # snapshot buffers (pinned on a GPU run): each stays untouched until
         # its Issend completes
@@ -100,8 +106,9 @@ class Mailbox:
         self.test_sends()
         return next((i for i, r in enumerate(self.reqs) if r is None), None)
 
-    def push(self, x, alpha: float, step: int, dest: int, slot: int):
-        """Snapshot (x, alpha) into buffer `slot` and start an Issend to `dest`."""
+    def push(self, x, alpha: float, step: int, dest: int, slot: int, info=None):
+        """Snapshot (x, alpha, step, info) into buffer `slot` and start an
+        Issend to `dest`."""
         if dest == self.rank or not 0 <= dest < self.size:
             raise ValueError(f"gossip push to invalid rank {dest} from {self.rank}")
         if self.reqs[slot] is not None:
@@ -112,8 +119,10 @@ class Mailbox:
             buf[:self.n] = self.backend.asnumpy(x)
         else:
             buf[:self.n] = x
-        buf[self.n:] = np.frombuffer(np.array([(alpha, step)], HEADER).tobytes()
-                                     .ljust(self.k * self.dtype.itemsize, b"\0"), self.dtype)
+        tail = np.array([(alpha, step)], HEADER).tobytes()
+        if self.info:
+            tail += np.asarray(info, "<i8").reshape(self.info).tobytes()
+        buf[self.n:] = np.frombuffer(tail.ljust(self.k * self.dtype.itemsize, b"\0"), self.dtype)
         self.reqs[slot] = self.chan.Issend(buf, dest, TAG)
         self.sent_to[dest] += 1
 
@@ -128,8 +137,12 @@ class Mailbox:
     def _take(self, msg, merge):
         self.chan.Mrecv(msg, self.rbuf)
         src = self.status.Get_source()
-        hdr = np.frombuffer(self.rbuf[self.n:].tobytes()[:HEADER.itemsize], HEADER)[0]
+        tail = self.rbuf[self.n:].tobytes()
+        hdr = np.frombuffer(tail[:HEADER.itemsize], HEADER)[0]
         self.recv_from[src] += 1
+        if self.info:
+            info = np.frombuffer(tail[HEADER.itemsize:HEADER.itemsize + 8 * self.info], "<i8")
+            return merge(self.rbuf[:self.n], float(hdr["alpha"]), int(hdr["step"]), src, info)
         merge(self.rbuf[:self.n], float(hdr["alpha"]), int(hdr["step"]), src)
 
     def poll(self, merge) -> int:
