@@ -40,7 +40,7 @@ class RunConfig:
     out_dir: str = doc("runs/latest", "output folder: config.toml, metrics.jsonl, summary.json")
     dtype: str = doc("float32", "parameter and data dtype: float32 | float64")
     device: str = doc("cpu", "cpu | cuda (one GPU per rank, bound by node-local rank)")
-    time_limit_s: float = doc(0.0, "stop after this many seconds (0 = no limit)")
+    time_limit_s: float = doc(0.0, "stop after this many seconds, with a checkpoint (0 = no limit)")
     progress: bool = doc(True, "rank 0 prints a progress line at each evaluation")
 
     def validate(self):
@@ -172,9 +172,9 @@ class CommConfig:
 @dataclass
 class CheckpointConfig:
     dir: str = doc("", "checkpoint folder (default: <run.out_dir>/checkpoints)")
-    every: int = doc(0, "write a checkpoint every this many steps (0 = never)")
+    every: int = doc(0, "write a checkpoint every this many steps (0 = never; asynchronous algorithms: rank 0's steps)")
     keep_last: int = doc(3, "keep this many newest checkpoints (0 = keep all)")
-    allow_reshard: bool = doc(False, "resume at another world size, resetting per-rank state")
+    allow_reshard: bool = doc(False, "resume at another world size: shared state restored, per-rank state reset")
 
     def validate(self):
         _check(self.every >= 0, "checkpoint.every", "must be >= 0")
