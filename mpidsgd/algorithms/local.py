@@ -28,6 +28,7 @@ algorithms are synchronous.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,6 +153,7 @@ class PeriodicAveraging(Algorithm):
         self.synced = True                   # every rank holds x_k = x̄ (or identical x_k)
         self.syncs = 0
         self.mixing_steps = 0
+        self.sync_wait_s = 0.0               # time blocked in sync communication
         self._consensus = None
 
     # -- one step -------------------------------------------------------------------
@@ -211,7 +213,9 @@ class PeriodicAveraging(Algorithm):
             self.req = iallreduce_sum(self.buf, channel=self.channel)
             self.pending, self.reduced = True, False
         else:
+            t0 = time.perf_counter()
             allreduce_mean(self.buf, channel=self.channel)
+            self.sync_wait_s += time.perf_counter() - t0
             self._apply()
             self.params[...] = self.xbar
             self.synced = True
@@ -219,7 +223,9 @@ class PeriodicAveraging(Algorithm):
     def _wait(self):
         """Finish the in-flight allreduce: buf <- mean (idempotent)."""
         if self.pending and not self.reduced:
+            t0 = time.perf_counter()
             self.req.Wait()
+            self.sync_wait_s += time.perf_counter() - t0
             self.req = None
             if self.size > 1:
                 self.buf /= self.size
@@ -311,7 +317,8 @@ class PeriodicAveraging(Algorithm):
 
     def summary(self):
         return {"syncs": self.syncs, "sync_interval": self.H, "warmup_steps": self.T0,
-                "mixing_steps_rank0": self.mixing_steps}
+                "mixing_steps_rank0": self.mixing_steps,
+                "sync_wait_s_rank0": self.sync_wait_s}
 
 
 @register
