@@ -117,6 +117,16 @@ def test_encode_decode_round_trip_keeps_value_type_and_bits(value):
         assert type(back) is type(value) and (back == value or (value is None and back is None))
 
 
+def test_device_arrays_are_copied_to_the_host():
+    from mpidsgd.backend import Backend
+    from mpiutil import FakeDeviceArray
+    host = np.arange(5, dtype=np.float32)
+    arr, kind, shape = encode(FakeDeviceArray(host), Backend("cpu").asnumpy)
+    assert kind == "array" and isinstance(arr, np.ndarray) and np.array_equal(arr, host)
+    header, payload = pack({"r": FakeDeviceArray(host)}, Backend("cpu").asnumpy)
+    assert np.array_equal(unpack(header, payload)["r"], host)
+
+
 def test_pack_unpack_and_refusals():
     flat = {f"k{i}": v for i, v in enumerate(VALUES)}
     header, payload = pack(flat)

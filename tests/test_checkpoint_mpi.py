@@ -179,6 +179,20 @@ def test_sgd_resume_and_signal_stop_are_bit_identical_for_P_1_2_4():
         assert_all(ok, "signal stop did not checkpoint", comm=sub)
         res = train_once(sub, s_out, resume="auto")
         check_exact(sub, c_out, c, s_out, res, 0, f"signal P={P}")
+        if P != 2:
+            continue
+        # the time limit: the same agreed stop with a checkpoint, wherever it falls
+        t_out = os.path.join(base, f"time-{P}")
+        summ, state, ctx = train_once(sub, t_out, {"run.time_limit_s": 0.05,
+                                                   "comm.emulate.compute": '"fixed"',
+                                                   "comm.emulate.compute_s": 0.01})
+        if sub.rank == 0:
+            ok = summ["stopped_by"] == "time_limit" and summ["steps"] < N
+        else:
+            ok = True
+        assert_all(ok, "time limit did not stop the run", comm=sub)
+        res = train_once(sub, t_out, resume="auto")
+        check_exact(sub, c_out, c, t_out, res, 0, f"time limit P={P}")
 
 
 def sweep_sets(name):
@@ -270,8 +284,11 @@ def test_world_size_change_damage_and_incompatible_files(capsys):
         # incompatible: another model shape, another algorithm
         expect_exit2(sub, capsys, out2, {"model.hidden": "[9]", "checkpoint.allow_reshard": "true"},
                      ck, ["shared/params", "shape"])
-        expect_exit2(sub, capsys, out2, {"algo.name": "topka"} if "topka" in REGISTRY else
-                     {"algo.momentum": 0.0}, ck, ["checkpoint"])
+        expect_exit2(sub, capsys, out2, {"algo.momentum": 0.0, "checkpoint.allow_reshard": "true"},
+                     ck, ["missing", "momentum_buf"])
+        other = next(n for n in sorted(REGISTRY) if n != "sgd" and REGISTRY[n].synchronous)
+        expect_exit2(sub, capsys, out2, {"algo.name": other, "algo.momentum": 0.0}, ck,
+                     ["algorithm 'sgd'", f"algo.name = '{other}'"])
     COMM.Barrier()
     # damaged: explicit FILE exits 2; auto skips it with a warning and takes the next newest
     if COMM.rank == 0:
