@@ -179,6 +179,9 @@ class CheckpointManager:
         older = [p for p in paths if step_of(p) <= step]
         keep = self.cfg.checkpoint.keep_last
         drop = newer + (older[keep:] if keep else [])
+        # temporary files of writes that a crash interrupted
+        drop += [os.path.join(self.dir, n) for n in os.listdir(self.dir)
+                 if n.startswith(".ckpt-") and n.endswith(".h5.tmp")]
         for p in drop:
             os.remove(p)
         if newer:
@@ -212,6 +215,8 @@ class CheckpointManager:
             meta = json.loads(self._bcast_bytes(json.dumps(meta).encode() if meta else b""))
             if meta.get("path") is None:
                 self.log.say(f"mpidsgd: no valid checkpoint in {self.dir}; starting from step 0")
+                if hasattr(self.log, "rewind"):
+                    self.log.rewind(0)      # records of a run that left no checkpoint
                 return None
             shared, local = self._distribute(meta)
         err = None

@@ -195,12 +195,14 @@ def test_sigkill_during_slow_write_keeps_earlier_checkpoints(trained, tmp_path):
     assert {p: digest(p) for p in list_checkpoints(ck)} == before
     assert not (ck / "ckpt-15.h5").exists()
     assert all(not verify(p)[2] for p in before)
+    (ck / ".ckpt-17.h5.tmp").write_bytes(b"partial")    # another interrupted write
     rc, out, err = launch(run, {"run.steps": 30, "checkpoint.every": 5}, resume="auto")
     assert rc == 0, err
     assert f"resumed from {ck / 'ckpt-10.h5'} at step 10" in out
     assert json.load(open(run / "summary.json"))["steps"] == 30
     assert [os.path.basename(p) for p in list_checkpoints(ck)] == \
         ["ckpt-30.h5", "ckpt-25.h5", "ckpt-20.h5"]          # keep_last = 3
+    assert sorted(os.listdir(ck)) == ["ckpt-20.h5", "ckpt-25.h5", "ckpt-30.h5"]  # no .tmp left
 
 
 def test_sigterm_to_one_rank_checkpoints_all_and_resume_finishes(tmp_path):
