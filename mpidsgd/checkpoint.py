@@ -23,12 +23,10 @@ exact), writes `.ckpt-<step>.h5.tmp` in the same folder, fsyncs it and
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
 import sys
-import time
 
 import numpy as np
 
