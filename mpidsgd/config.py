@@ -439,18 +439,23 @@ def _md_value(v):
     return "`" + (_toml_value(v) if v != "" else '""') + "`"
 
 
+def _md_text(text):
+    """A table cell: a '|' in a meaning would split the row."""
+    return text.replace("|", "\\|")
+
+
 def markdown() -> str:
     """The configuration reference as Markdown tables (README section)."""
     from .algorithms import REGISTRY
     out = ["| key | default | meaning |", "|---|---|---|"]
     for key, default, meaning in reference():
-        out.append(f"| `{key}` | {_md_value(default)} | {meaning} |")
+        out.append(f"| `{key}` | {_md_value(default)} | {_md_text(meaning)} |")
     rows = algorithm_reference()
     out += ["", "Algorithm-specific keys (same flat `[algo]` table; an algorithm rejects "
             "the keys it does not know):", "",
             "| key | algorithms | default | meaning |", "|---|---|---|---|"]
     for key, default, meaning, names in sorted(rows, key=lambda r: (r[0], r[3])):
-        out.append(f"| `{key}` | {', '.join(names)} | {_md_value(default)} | {meaning} |")
+        out.append(f"| `{key}` | {', '.join(names)} | {_md_value(default)} | {_md_text(meaning)} |")
     changed = [(n, REGISTRY[n].defaults) for n in sorted(REGISTRY) if getattr(REGISTRY[n], "defaults", None)]
     if changed:
         out += ["", "Common defaults an algorithm changes: " + "; ".join(
