@@ -8,6 +8,7 @@ stream per simulated rank (fresh Shards, so a mixing step that consumed a
 batch would shift every later batch). Only the Bernoulli decisions come from
 the run under test (they are checked separately).
 """
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -88,6 +89,7 @@ def simulate(cfg, P, x0, model, shard_list, decisions):
     eta = getattr(o, "mix_rate", 0.0)
     gamma = getattr(o, "outer_lr", 1.0)
     mu_out = getattr(o, "outer_momentum", 0.0)
+    cosine_outer = getattr(o, "outer_schedule", "constant") == "cosine"
     lr_at = schedule_from(a, S)
     assert a.optimizer == "sgd" and a.weight_decay == 0 and not a.nesterov
     m = a.momentum
@@ -102,12 +104,13 @@ def simulate(cfg, P, x0, model, shard_list, decisions):
         model.loss_grad(x[k], Xb, yb, g)
         return g.copy()
 
-    def outer(xbar, delta):
+    def outer(xbar, delta, t_sync):
         if name == "localsgd":
             raise AssertionError
         nonlocal vout
+        g = gamma * 0.5 * (1 + math.cos(math.pi * t_sync / S)) if cosine_outer else gamma
         vout = mu_out * vout + delta
-        return xbar - gamma * (delta + mu_out * vout)
+        return xbar - g * (delta + mu_out * vout)
 
     def sync_value():
         if name == "localsgd":
@@ -135,22 +138,22 @@ def simulate(cfg, P, x0, model, shard_list, decisions):
                     v[k] = m * v[k] + gk
                     x[k] = x[k] - lr / (1 - p) * v[k]
             if pend is not None:
-                val, xs_ = pend
-                xbar = val if name == "localsgd" else outer(xbar, val)
+                val, xs_, ts = pend
+                xbar = val if name == "localsgd" else outer(xbar, val, ts)
                 x = [xbar + (x[k] - xs_[k]) for k in range(P)]
                 pend = None
             if (tau + 1) % H == 0:
                 val = sync_value()
                 if overlap:
-                    pend = (val, [xk.copy() for xk in x])
+                    pend = (val, [xk.copy() for xk in x], t)
                 else:
-                    xbar = val if name == "localsgd" else outer(xbar, val)
+                    xbar = val if name == "localsgd" else outer(xbar, val, t)
                     x = [xbar.copy() for _ in range(P)]
         hist_x.append([xk.copy() for xk in x])
         hist_bar.append(xbar.copy())
     if pend is not None:                     # finish(): the last sync lands
-        val, xs_ = pend
-        xbar = val if name == "localsgd" else outer(xbar, val)
+        val, xs_, ts = pend
+        xbar = val if name == "localsgd" else outer(xbar, val, ts)
         x = [xbar + (x[k] - xs_[k]) for k in range(P)]
     return hist_x, hist_bar, x
 

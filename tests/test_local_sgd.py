@@ -24,9 +24,10 @@ def load(*sets, name="palsgd"):
 
 def test_presets_are_registered_synchronous_and_documented():
     keys = {"localsgd": {"H", "warmup_steps", "overlap"},
-            "diloco": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum"},
+            "diloco": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum",
+                       "outer_schedule"},
             "palsgd": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum",
-                       "p", "mix_rate", "same_draws"}}
+                       "outer_schedule", "p", "mix_rate", "same_draws"}}
     for name in FAMILY:
         cls = REGISTRY[name]
         assert cls.synchronous
@@ -42,6 +43,7 @@ def test_presets_are_registered_synchronous_and_documented():
     ("diloco", "algo.warmup_steps=-1", "algo.warmup_steps"),
     ("diloco", "algo.outer_lr=0", "algo.outer_lr"),
     ("diloco", "algo.outer_momentum=1.0", "algo.outer_momentum"),
+    ("diloco", "algo.outer_schedule='step'", "algo.outer_schedule"),
     ("palsgd", "algo.p=1.0", "algo.p"),
     ("palsgd", "algo.p=-0.1", "algo.p"),
     ("palsgd", "algo.mix_rate=-1", "algo.mix_rate"),
@@ -98,7 +100,8 @@ def test_mixing_draws_rate_and_independence():
 @pytest.mark.parametrize("name,kw", [
     ("localsgd", dict(H=3, warmup_steps=2, momentum=0.5)),
     ("diloco", dict(H=2, overlap=True, momentum=0.5)),
-    ("palsgd", dict(H=3, p=0.3, mix_rate=0.5, warmup_steps=1, overlap=True)),
+    ("palsgd", dict(H=3, p=0.3, mix_rate=0.5, warmup_steps=1, overlap=True,
+                    outer_schedule="cosine")),
 ])
 def test_one_rank_matches_simulation(name, kw):
     X, y, model, x0 = problem()

@@ -33,7 +33,9 @@ CASES = [
     ("localsgd", dict(H=4, overlap=True, momentum=0.5)),
     ("diloco", dict(H=2, warmup_steps=1, momentum=0.5)),
     ("diloco", dict(H=3, overlap=True, outer_lr=0.5, outer_momentum=0.8)),
-    ("palsgd", dict(H=3, warmup_steps=2, p=0.3, mix_rate=0.5, momentum=0.5)),
+    ("diloco", dict(H=2, overlap=True, outer_schedule="cosine", momentum=0.5)),
+    ("palsgd", dict(H=3, warmup_steps=2, p=0.3, mix_rate=0.5, momentum=0.5,
+                    outer_schedule="cosine")),
     ("palsgd", dict(H=2, p=0.25, mix_rate=1.0, same_draws=True, overlap=True,
                     schedule={"schedule": "cosine", "schedule_warmup": 3})),
     ("palsgd", dict(H=1, p=0.4, mix_rate=2.0, overlap=True, momentum=0.3)),
@@ -132,7 +134,8 @@ def test_presets_reduce_to_each_other_and_to_sgd():
 
 
 RESUME_CASES = [
-    ("palsgd", dict(H=3, warmup_steps=2, p=0.3, mix_rate=0.5, overlap=True, momentum=0.5)),
+    ("palsgd", dict(H=3, warmup_steps=2, p=0.3, mix_rate=0.5, overlap=True, momentum=0.5,
+                    outer_schedule="cosine")),
     ("diloco", dict(H=4, optimizer="adamw")),
     ("localsgd", dict(H=2, overlap=True, momentum=0.9)),
 ]

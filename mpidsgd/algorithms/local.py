@@ -35,7 +35,7 @@ import numpy as np
 
 from ..comm.dense import allreduce_mean, iallreduce_sum
 from ..config import ConfigError, doc
-from ..optim import SGD
+from ..optim import SGD, schedule
 from .base import Algorithm, StepInfo, register
 
 DRAWS = 0x9A15      # stream tag of the PALSGD mixing draws
@@ -97,6 +97,7 @@ class DiLoCoOptions(LocalSGDOptions):
     H: int = doc(32, "inner steps between two outer steps (sync interval)")
     outer_lr: float = doc(0.7, "outer learning rate γ of the Nesterov SGD step on the pseudo-gradient")
     outer_momentum: float = doc(0.9, "outer Nesterov momentum μ (0 = plain outer SGD)")
+    outer_schedule: str = doc("constant", "outer lr schedule over the run: constant | cosine (γ decays to 0 at the last step)")
 
     def validate(self, cfg):
         super().validate(cfg)
@@ -104,6 +105,9 @@ class DiLoCoOptions(LocalSGDOptions):
             raise ConfigError(f"algo.outer_lr must be > 0, got {self.outer_lr}")
         if not 0 <= self.outer_momentum < 1:
             raise ConfigError(f"algo.outer_momentum must be in [0, 1), got {self.outer_momentum}")
+        if self.outer_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"algo.outer_schedule must be constant or cosine, "
+                              f"got {self.outer_schedule!r}")
 
 
 @dataclass
@@ -141,6 +145,9 @@ class PeriodicAveraging(Algorithm):
         self.same_draws = getattr(o, "same_draws", False)
         self.draw = MixingDraws(self.cfg.run.seed, self.rank, self.same_draws)
         self.gamma = getattr(o, "outer_lr", 1.0)
+        self.outer_kind = getattr(o, "outer_schedule", "constant")
+        self.gamma_at = None
+        self.sync_step = 0                   # global step of the last sync's start
         self.inner = self.make_optimizer()
         self.outer = None if self.average else SGD(
             x.size, x.dtype, xp, momentum=o.outer_momentum, nesterov=True)
@@ -155,6 +162,11 @@ class PeriodicAveraging(Algorithm):
         self.mixing_steps = 0
         self.sync_wait_s = 0.0               # time blocked in sync communication
         self._consensus = None
+
+    def plan(self, shard):
+        super().plan(shard)
+        # the outer lr at the global step where a sync starts
+        self.gamma_at = schedule(self.outer_kind, self.gamma, total_steps=self.total_steps)
 
     # -- one step -------------------------------------------------------------------
     def step(self, shard) -> StepInfo:
@@ -208,6 +220,7 @@ class PeriodicAveraging(Algorithm):
         else:
             self.xp.subtract(self.xbar, self.params, out=self.buf)
         self.syncs += 1
+        self.sync_step = self.step_count
         if self.overlap:
             self.snap[...] = self.params
             self.req = iallreduce_sum(self.buf, channel=self.channel)
@@ -244,7 +257,7 @@ class PeriodicAveraging(Algorithm):
         if self.average:
             self.xbar[...] = self.buf
         else:
-            self.outer.step(self.xbar, self.buf, self.gamma)
+            self.outer.step(self.xbar, self.buf, self.gamma_at(self.sync_step))
 
     # -- end, consensus, checkpoints ---------------------------------------------------
     def finish(self):
@@ -275,7 +288,8 @@ class PeriodicAveraging(Algorithm):
         self._wait()
         shared = {"params": self.xbar if self.step_count >= self.T0 else self.params,
                   "step": self.step_count, "syncs": self.syncs,
-                  "pending": int(self.pending), "synced": int(self.synced)}
+                  "pending": int(self.pending), "synced": int(self.synced),
+                  "sync_step": self.sync_step}
         local = {"samples": self.samples, "x_local": self.params,
                  "mixing_steps": self.mixing_steps}
         if self.outer is not None:
@@ -292,6 +306,7 @@ class PeriodicAveraging(Algorithm):
         sh, lo, xp = state["shared"], state.get("local", {}), self.xp
         self.step_count = int(sh["step"])
         self.syncs = int(sh["syncs"])
+        self.sync_step = int(sh["sync_step"])
         self.xbar[...] = xp.asarray(sh["params"])
         if self.outer is not None:
             self.outer.load_state_dict({k[6:]: v for k, v in sh.items() if k.startswith("outer_")})
