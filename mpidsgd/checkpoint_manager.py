@@ -208,6 +208,9 @@ class CheckpointManager:
                 meta = self._choose(arg)
             except CheckpointError as exc:
                 err = str(exc)
+            except (KeyError, OSError, ValueError, TypeError) as exc:
+                # a file that verifies but lacks what a checkpoint must have
+                err = f"--resume {arg}: not a usable checkpoint: {exc!r}"
         err = agree_error(self.topo.world, err)
         if err:
             raise CheckpointError(err)
