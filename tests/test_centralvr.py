@@ -1,0 +1,157 @@
+"""Serial tests of the variance-reduced methods: config errors, the tableau
+against dense per-sample gradients, block tables and SAGA with duplicate draws
+against the serial simulation of algorithms/centralvr.md."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpidsgd import config as C
+from mpidsgd.algorithms import REGISTRY
+from mpidsgd.algorithms.vrbase import DRAW, Tableau, check_vr_config
+from mpidsgd.data.shard import Shard
+from mpidsgd.models import build_model
+from mpidsgd.topology import Topology
+from mpidsgd.train import build
+from centralvr_ref import derivs, grad_sum, simulate
+
+BASE = {"run": {"epochs": 1, "dtype": "float64"}, "model": {"name": "logreg", "l2": 0.01},
+        "data": {"n_classes": 2}}
+
+
+def cfg_with(**algo):
+    tables = {k: dict(v) for k, v in BASE.items()}
+    tables["algo"] = {"name": "centralvr", **algo}
+    return C.from_dict(tables)
+
+
+@pytest.mark.parametrize("algo, key", [
+    ({"mode": "bogus"}, "algo.mode"),
+    ({"name": "saga", "mode": "async"}, "algo.mode"),
+    ({"name": "svrg", "mode": "async"}, "algo.mode"),
+    ({"table": "rows"}, "algo.table"),
+    ({"sampling": "replacement"}, "algo.sampling"),
+    ({"name": "saga", "sampling": "sometimes"}, "algo.sampling"),
+    ({"metric_every": -1}, "algo.metric_every"),
+    ({"momentum": 0.9}, "algo.momentum"),
+    ({"optimizer": "adamw"}, "algo.momentum"),
+])
+def test_bad_config_names_the_key(algo, key):
+    with pytest.raises(C.ConfigError, match=key.replace(".", r"\.")):
+        cfg_with(**algo)
+
+
+def test_world_size_and_model_checks():
+    cfg = cfg_with(mode="sync")
+    cls = REGISTRY["centralvr"]
+    for mode, size, key in (("single", 2, "algo.mode = single"), ("async", 1, "algo.mode = async")):
+        cfg.algo.options.mode = mode
+        with pytest.raises(C.ConfigError, match=key):
+            check_vr_config(cls, cfg, size)
+    tables = {k: dict(v) for k, v in BASE.items()}
+    tables["model"] = {"name": "mlp"}
+    tables["algo"] = {"name": "centralvr", "table": "samples"}
+    with pytest.raises(C.ConfigError, match=r"algo\.table"):
+        C.from_dict(tables)
+
+
+def test_cli_bad_mode_exits_2_with_one_line():
+    env = dict(os.environ, MPIEXEC_TIMEOUT="120")
+    p = subprocess.run([sys.executable, "-m", "mpidsgd.train", "--set", "algo.name=centralvr",
+                        "--set", "algo.mode=bogus"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "algo.mode" in lines[0], p.stderr
+
+
+@pytest.mark.parametrize("name, C_", [("ridge", None), ("logreg", None), ("softmax", 3)])
+def test_tableau_matches_dense_per_sample_gradients(name, C_):
+    rng = np.random.default_rng(7)
+    n, d, B = 12, 5, 4
+    X = rng.standard_normal((n, d))
+    y = rng.integers(0, C_ or 2, n).astype(np.float64) if name != "ridge" else rng.standard_normal(n)
+    model = build_model(name, input_shape=(d,), n_outputs=C_ or 1, l2=0.3, dtype="float64")
+    shard = Shard(X, y, np.arange(n), B, n // B)
+    tab = Tableau("samples", model, shard, np)
+    assert tab.T.shape == ((n,) if C_ is None else (n, C_))      # n (or n·C) numbers, not n·d
+    x_old, x_new = rng.standard_normal(model.layout.size), rng.standard_normal(model.layout.size)
+
+    def dense(x, rows):      # per-sample data gradients from loss_grad on single rows
+        g = np.zeros(model.layout.size)
+        out = []
+        for i in rows:
+            model.loss_grad(x, X[i:i + 1], y[i:i + 1], g)
+            out.append(g - 0.3 * x)
+        return np.array(out)
+    tab.T[...] = derivs(name, x_old, X, y, C_)
+    ids = np.array([3, 7, 1, 10])
+    E = derivs(name, x_new, X[ids], y[ids], C_)
+    out = np.zeros(model.layout.size)
+    tab.correction(X[ids], E, ids, out)
+    want = (dense(x_new, ids) - dense(x_old, ids)).mean(axis=0)
+    assert np.allclose(out, want, rtol=1e-12, atol=1e-13)
+    tab.mean(out)
+    assert np.allclose(out, dense(x_old, range(n)).mean(axis=0), rtol=1e-12, atol=1e-13)
+    tab.store(ids, E)
+    assert np.array_equal(tab.T[ids], E)
+
+
+def make_serial(algo, **opts):
+    tables = {"run": {"seed": 5, "epochs": opts.pop("epochs", 3), "dtype": "float64", "eval_every": 0},
+              "data": {"n_samples": opts.pop("n", 30), "n_test": 8, "n_features": 4, "n_classes": 2,
+                       "batch_size": opts.pop("B", 3)},
+              "model": {"name": "logreg", "l2": 0.01},
+              "algo": {"name": algo, "lr": 0.1, "mode": "sync", **opts}}
+    cfg = C.from_dict(tables)
+    cfg.algo.options.mode = "single"
+    ctx = build(cfg, Topology(MPI.COMM_SELF))
+    return ctx["algo"], ctx["data"].train
+
+
+def test_block_table_matches_block_simulation():
+    """Fixed blocks b = positions [bB, (b+1)B), visited in a seeded block order;
+    entry = the block's mean data gradient; the L2 term never stored."""
+    alg, shard = make_serial("centralvr", table="blocks", n=31, B=3, epochs=3)
+    X, y = np.asarray(shard.X), np.asarray(shard.y, np.float64)
+    B, nb, l2, lr = 3, shard.steps_per_epoch, 0.01, 0.1
+    x, gbar, T = alg.params.copy(), np.zeros(alg.params.size), np.zeros((nb, alg.params.size))
+    for e in range(3):
+        order = np.random.default_rng([5, DRAW, e, 0]).permutation(nb)
+        for b in order:
+            g = grad_sum(X[b * B:(b + 1) * B], derivs("logreg", x, X[b * B:(b + 1) * B], y[b * B:(b + 1) * B])) / B
+            v = (g if e == 0 else g - T[b] + gbar) + l2 * x
+            x = x - lr * v
+            T[b] = g
+        gbar = T.mean(axis=0)
+        for _ in range(nb):
+            alg.step(shard)
+        assert np.allclose(alg.params, x, rtol=1e-12, atol=1e-14)
+        assert np.allclose(alg.tab.T, T, rtol=1e-12, atol=1e-14)
+        assert np.allclose(alg.gbar, gbar, rtol=1e-12, atol=1e-14)
+    assert alg.tab.numbers == nb * alg.params.size
+
+
+def test_saga_counts_each_duplicate_once():
+    """With-replacement batches of 8 from 16 samples repeat ids; the running
+    mean must stay the exact table mean after every step."""
+    alg, shard = make_serial("saga", sampling="replacement", n=16, B=8, epochs=6)
+    X, y = np.asarray(shard.X), np.asarray(shard.y, np.float64)
+    ref = simulate("saga", [X], [y], alg.params.copy(), model="logreg", lr=0.1, l2=0.01, B=8,
+                   steps=shard.steps_per_epoch, epochs=6, seed=5, sampling="replacement")
+    dups = 0
+    mean_t = np.zeros(alg.params.size)
+    for e in range(6):
+        for s in range(shard.steps_per_epoch):
+            ids = np.random.default_rng([5, DRAW, shard.epoch, shard.pos, 0, 1]).integers(0, 16, 8)
+            dups += len(ids) - len(np.unique(ids))
+            alg.step(shard)
+            alg.tab.mean(mean_t)
+            if e > 0:
+                assert np.allclose(alg.a, mean_t, rtol=1e-12, atol=1e-15)
+        assert np.allclose(alg.params, ref[e]["x"], rtol=1e-12, atol=1e-15)
+        assert np.allclose(alg.tab.T, ref[e]["T"][0], rtol=1e-12, atol=1e-15)
+    assert dups > 0
