@@ -213,13 +213,17 @@ def test_async_terminates_accounts_every_message_and_converges():
         ctx, alg, shard = make(sub, "centralvr", "logreg", mode="async", n_per_rank=60, B=1,
                                epochs=E, lr=0.2, l2=0.1, d=6, seed=1, metric_every=2)
         assert alg.synchronous is False
-        # an agreed quiescent point: workers after 3.5 epochs, the server at once
-        if sub.rank:
-            run_steps(alg, shard, 3 * shard.steps_per_epoch + shard.steps_per_epoch // 2)
-        alg.quiesce()
-        tot = sub.allreduce(np.array([alg.sent, alg.received]))
-        assert_all(tot[0] == tot[1], f"P={P}: {tot[0]} sent != {tot[1]} received at quiesce", comm=sub)
-        assert_all(async_invariant(alg, sub), f"P={P}: server state != weighted last reports", comm=sub)
+        spe = shard.steps_per_epoch
+        # quiescent point 1, inside the fill epoch: rank 1 has reported and waits at
+        # the averaged start, the other workers are mid-fill (no deadlock allowed);
+        # point 2: every worker after 3.5 epochs. The server quiesces at once.
+        for target in (lambda r: spe if r == 1 else spe // 2, lambda r: 3 * spe + spe // 2):
+            if sub.rank:
+                run_steps(alg, shard, target(sub.rank) - alg.step_count)
+            alg.quiesce()
+            tot = sub.allreduce(np.array([alg.sent, alg.received]))
+            assert_all(tot[0] == tot[1], f"P={P}: {tot[0]} sent != {tot[1]} received at quiesce", comm=sub)
+            assert_all(async_invariant(alg, sub), f"P={P}: server state != weighted last reports", comm=sub)
         while not alg.done():
             alg.step(shard)
         assert_all(async_invariant(alg, sub), f"P={P}: server state != weighted last reports (end)", comm=sub)
@@ -228,7 +232,7 @@ def test_async_terminates_accounts_every_message_and_converges():
         reports = sub.bcast(alg.reports if sub.rank == 0 else None, root=0)
         ok = (s["async_messages_sent"] == s["async_messages_received"]
               and reports == (P - 1) * E                           # one report per worker epoch
-              and s["async_messages_sent"] == 2 * (P - 1) * E + (P - 1))   # reports, replies, markers
+              and s["async_messages_sent"] == 2 * (P - 1) * E + 2 * (P - 1))   # reports, replies, 2 markers each
         allp = sub.allgather(alg.params.copy())
         ok = ok and all(np.array_equal(allp[0], p) for p in allp) and np.isfinite(allp[0]).all()
         assert_all(ok, f"P={P}: accounting {s} reports {reports}", comm=sub)

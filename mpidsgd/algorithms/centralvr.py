@@ -47,6 +47,7 @@ class CentralVR(VRBase):
             self.markers = self.finals = self.reports = 0
             self.first = np.zeros(self.size, bool)
             self.waiting = []
+            self.own = xp.zeros((self.size, 2 * d), self.params.dtype)   # last report per worker
             self.gsum = xp.zeros((self.size, d), np.float64)
             self.have_gsum = np.zeros(self.size, bool)
             self.stale_history = []
@@ -109,6 +110,7 @@ class CentralVR(VRBase):
             self.markers += 1
             return None
         w = self.weights[src]
+        self.own[src] += buf[:2 * d]
         self.params += w * buf[:d]
         self.gbar += w * buf[d:2 * d]
         if buf[3 * d]:
@@ -133,6 +135,15 @@ class CentralVR(VRBase):
         self.reply_to(src)
         return None
 
+    def release_own(self):
+        """Quiesce before every fill report is in: the workers held at the
+        averaged start would wait for quiesced ones, so each goes on from its
+        own last report instead (the server state is unchanged)."""
+        for dest in self.waiting:
+            server_reply(self.own[dest], dest, channel=self.channel)
+            self.sent += 1
+        self.waiting = []
+
     def reply_to(self, dest):
         d = self.params.size
         self.reply[:d] = self.params
@@ -151,7 +162,10 @@ class CentralVR(VRBase):
             return
         if self.is_server:
             while self.markers < self.size - 1:
-                self.serve()
+                if self.waiting and self.markers + len(self.waiting) >= self.size - 1:
+                    self.release_own()
+                else:
+                    self.serve()
             self.markers = 0
         else:
             client_quiesce(channel=self.channel)
@@ -170,7 +184,8 @@ class CentralVR(VRBase):
         local = {"last_x": self.last_x, "last_g": self.last_g, "sent": self.sent,
                  "received": self.received, "markers": self.markers, "finals": self.finals,
                  "reports": self.reports, "first": self.first.astype(np.int8),
-                 "gsum": self.gsum, "have_gsum": self.have_gsum.astype(np.int8)}
+                 "gsum": self.gsum, "have_gsum": self.have_gsum.astype(np.int8), "own": self.own,
+                 "waiting": np.array(self.waiting + [-1], np.int64)}
         return {}, local
 
     def load_extra_state(self, shared, local):
@@ -183,6 +198,8 @@ class CentralVR(VRBase):
         self.first[...] = np.asarray(local["first"], bool)
         self.gsum[...] = local["gsum"]
         self.have_gsum[...] = np.asarray(local["have_gsum"], bool)
+        self.own[...] = local["own"]
+        self.waiting = [int(r) for r in local["waiting"] if r >= 0]
 
     def summary(self):
         out = super().summary()
