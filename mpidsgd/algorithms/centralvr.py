@@ -117,7 +117,7 @@ class CentralVR(VRBase):
             self.gsum[src] = buf[2 * d:3 * d]
             self.have_gsum[src] = True
             if self.have_gsum[1:].all():
-                rel = float(np.linalg.norm(self.gsum.sum(axis=0) / self.N)) / self.g0
+                rel = float(self.xp.linalg.norm(self.gsum.sum(axis=0) / self.N)) / self.g0
                 self.stale_history.append([self.reports, rel])
         self.reports += 1
         self.finals += kind == "final"
@@ -191,14 +191,14 @@ class CentralVR(VRBase):
     def load_extra_state(self, shared, local):
         if self.mode != "async":
             return
-        self.last_x[...] = local["last_x"]
-        self.last_g[...] = local["last_g"]
+        self.last_x[...] = self.xp.asarray(local["last_x"])
+        self.last_g[...] = self.xp.asarray(local["last_g"])
         for key in ("sent", "received", "markers", "finals", "reports"):
             setattr(self, key, int(local[key]))
         self.first[...] = np.asarray(local["first"], bool)
-        self.gsum[...] = local["gsum"]
+        self.gsum[...] = self.xp.asarray(local["gsum"])
         self.have_gsum[...] = np.asarray(local["have_gsum"], bool)
-        self.own[...] = local["own"]
+        self.own[...] = self.xp.asarray(local["own"])
         self.waiting = [int(r) for r in local["waiting"] if r >= 0]
 
     def summary(self):
