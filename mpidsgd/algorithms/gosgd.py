@@ -129,6 +129,14 @@ class GoSGD(Algorithm):
         self.known[self.rank] = self.step_count
         return int(self.known.sum()) >= self.size * self.total_steps
 
+    def lr(self) -> float:
+        """The schedule at this rank's step, or (budget = shared) at the known
+        global progress: steps of all ranks / P."""
+        if not self.shared_budget:
+            return super().lr()
+        self.known[self.rank] = self.step_count
+        return self.lr_at(int(self.known.sum()) // self.size)
+
     # -- one step ---------------------------------------------------------------------
     def step(self, shard) -> StepInfo:
         if self.t_first is None:
