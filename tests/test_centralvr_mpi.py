@@ -111,6 +111,16 @@ def test_matches_serial_simulation_and_invariants():
                             ok, why = False, why + [f"{tag} epoch {e}: ḡ != mean of all tables"]
                 alg.finish()
                 finals[mode] = alg.params.copy()
+                if model == "ridge":     # relative suboptimality against a dense solve
+                    A = np.vstack([np.hstack([X, np.ones((len(X), 1))]) for X in Xs])
+                    Y = np.concatenate(ys)
+                    xstar = np.linalg.solve(A.T @ A / len(Y) + 1e-2 * np.eye(A.shape[1]), A.T @ Y / len(Y))
+
+                    def f(x):
+                        return 0.5 * np.mean((A @ x - Y) ** 2) + 0.5e-2 * (x @ x)
+                    want = (f(alg.params) - f(xstar)) / (f(x0) - f(xstar))
+                    if not close(alg.final_subopt, want, 1e-8):
+                        ok, why = False, why + [f"{tag}: suboptimality {alg.final_subopt} != {want}"]
                 # identical parameters on every rank after the exchange
                 allp = sub.allgather(alg.params.copy())
                 if not all(np.array_equal(allp[0], p) for p in allp):

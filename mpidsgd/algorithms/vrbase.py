@@ -130,6 +130,11 @@ def loss_and_derivs(model, x, X, y):
     return float(loss), D
 
 
+def _host(a):
+    """A numpy view or copy of a backend array."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
 def advance(shard):
     """Move the shard's data order by one batch without gathering it."""
     shard.pos += 1
@@ -186,6 +191,9 @@ class VRBase(Algorithm):
             self.tab = Tableau(self.kind, self.model, shard, self.xp)
         g0 = self.full_grad_norm(self.params)
         self.g0 = g0 if g0 > 0 else 1.0
+        self.quad = self.ridge_quadratic()
+        self.f0 = self.quad(_host(self.params)) if self.quad is not None else None
+        self.final_subopt = None
 
     # -- one step ----------------------------------------------------------------------
     def step(self, shard) -> StepInfo:
@@ -311,6 +319,31 @@ class VRBase(Algorithm):
             self.full_grad(x, g)
         return float(self.xp.linalg.norm(g.astype(np.float64)))
 
+    def ridge_quadratic(self):
+        """Ridge only: f(x) as a quadratic form from one allreduce of [AᵀA, Aᵀy, yᵀy]
+        (A = [X, 1]), and f* from the closed form (AᵀA/N + l2 I) x* = Aᵀy/N.
+        None for other models or more than 2048 parameters."""
+        m = self.params.size
+        if self.model.name != "ridge" or m > 2048:
+            return None
+        buf = np.zeros(m * m + m + 1)
+        if self.n_k:
+            X = _host(self.shard.X).astype(np.float64).reshape(self.shard.n, -1)
+            A = np.hstack([X, np.ones((self.shard.n, 1))])
+            y = _host(self.shard.y).astype(np.float64).reshape(-1)
+            buf[:m * m] = (A.T @ A).ravel()
+            buf[m * m:m * m + m] = A.T @ y
+            buf[-1] = y @ y
+        with self.channel.phase("metrics"):
+            self.channel.Allreduce(buf)
+        M, r, yy, N, l2 = buf[:m * m].reshape(m, m), buf[m * m:-1], buf[-1], self.N, self.l2
+
+        def f(x):
+            x = np.asarray(x, np.float64)
+            return float((x @ M @ x - 2 * r @ x + yy) / (2 * N) + 0.5 * l2 * (x @ x))
+        f.star = f(np.linalg.solve(M / N + l2 * np.eye(m), r / N))
+        return f
+
     def record_metric(self) -> float:
         rel = self.full_grad_norm(self.params) / self.g0
         self.history.append([self.epoch, self.samples, rel])
@@ -328,6 +361,10 @@ class VRBase(Algorithm):
         self.final_rel = self.full_grad_norm(self.params) / self.g0
         if self.mode != "async":
             self.history.append([self.epoch, self.samples, self.final_rel])
+        if self.quad is not None:
+            x = _host(self.params)
+            gap0 = self.f0 - self.quad.star
+            self.final_subopt = (self.quad(x) - self.quad.star) / gap0 if gap0 > 0 else 0.0
         with self.channel.phase("metrics"):
             tot = self.channel.allreduce_values(
                 [self.samples] + ([self.sent, self.received] if self.mode == "async" else []))
@@ -341,6 +378,7 @@ class VRBase(Algorithm):
         return {"mode": self.mode, "table": self.kind if self.uses_table else None,
                 "table_numbers_per_rank": tables,
                 "final_rel_grad_norm": self.final_rel,
+                "final_rel_suboptimality": self.final_subopt,
                 "grad_evals_per_sample": getattr(self, "grad_evals", None),
                 "rel_grad_norm_history": self.history}
 
