@@ -109,3 +109,34 @@ def test_gtopk_needs_a_power_of_two_world():
         with pytest.raises(C.ConfigError, match="algo.name: gtopk needs a power-of-two"):
             REGISTRY["gtopk"].check_world(cfg, p)
     REGISTRY["topka"].check_world(cfg, 3)
+
+
+def test_bench_collectives_counts_equal_the_cost_model(tmp_path):
+    """`python -m mpidsgd.bench collectives` on 4 ranks: every scheme's counted
+    bytes equal its prediction, SparDL d = 1 sends 2 k_b (P-1) entries in
+    2 log2 P messages, ratios are relative to dense-mpi."""
+    import json
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "c.json"
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    cmd = [mpiexec if os.path.exists(mpiexec) else "mpiexec", "-n", "4", sys.executable, "-m",
+           "mpidsgd.bench", "collectives", "--n", "1000", "--density", "0.05", "--reps", "1",
+           "--emulate", "none", "--emulate", "1e-6,1e-9", "--json", str(out)]
+    env = {**os.environ, "MPIEXEC_TIMEOUT": "240"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    names = {r["scheme"] for r in recs}
+    assert names == {"dense-mpi", "dense-ring", "topka", "gtopk", "spardl", "spardl-d2-bsag",
+                     "spardl-d2-rsag", "spardl-d4-bsag", "spardl-d4-rsag"}
+    assert len(recs) == 2 * len(names)
+    for r in recs:
+        assert r["bytes_per_rank"] == pytest.approx(r["predicted_bytes"], rel=1e-12), r
+        assert (r["predicted_ms"] is None) == (r["alpha"] == 0), r
+    sp = next(r for r in recs if r["scheme"] == "spardl")
+    k_b = cm.spardl_block(1000, 4, 0.05)[1]
+    assert sp["bytes_per_rank"] == 2 * k_b * 3 * 8 and sp["messages_per_rank"] == 4
+    assert sp["k"] == 4 * k_b and sp["lower_bound_bytes"] == sp["bytes_per_rank"] / 2
+    assert all(r["ratio_vs_dense"] == 1.0 for r in recs if r["scheme"] == "dense-mpi")
