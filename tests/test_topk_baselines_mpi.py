@@ -97,7 +97,12 @@ def same_everywhere(x, sub):
 # ---------------------------------------------------------------- collectives
 
 @pytest.mark.parallel(nprocs=8)
-def test_topka_matches_dense_reference_and_cost_model_P_1_to_8():
+def test_topka_and_dense_ring_match_references_and_cost_model_P_1_to_8():
+    check_topka_P_1_to_8()
+    check_dense_ring_allreduce_P_1_to_8()
+
+
+def check_topka_P_1_to_8():
     for P, sub in sub_comms(range(1, 9)):
         if sub == MPI.COMM_NULL:
             continue
@@ -121,6 +126,13 @@ def test_topka_matches_dense_reference_and_cost_model_P_1_to_8():
 
 @pytest.mark.parallel(nprocs=8)
 def test_gtopk_matches_dense_reference_and_cost_model_P_1_2_4_8():
+    check_gtopk_P_1_2_4_8()
+    # rank r's largest entries sit at indices no other rank has, so the tree
+    # keeps only some of them: those merged away come back to their owner
+    check_gtopk_restores_own_selection_merged_away()
+
+
+def check_gtopk_P_1_2_4_8():
     for P, sub in sub_comms([1, 2, 4, 8]):
         if sub == MPI.COMM_NULL:
             continue
@@ -142,10 +154,7 @@ def test_gtopk_matches_dense_reference_and_cost_model_P_1_2_4_8():
         assert_all(ok, f"gtopk P={P}: max err {np.abs(out - ref_out).max()}, {b} {m}", comm=sub)
 
 
-@pytest.mark.parallel(nprocs=8)
-def test_gtopk_restores_own_selection_merged_away():
-    # rank r's largest entries sit at indices no other rank has, so the tree
-    # keeps only some of them: those merged away come back to their owner
+def check_gtopk_restores_own_selection_merged_away():
     for P, sub in sub_comms([4]):
         if sub == MPI.COMM_NULL:
             continue
@@ -220,8 +229,7 @@ def test_algorithms_identical_params_density_one_equals_sgd_and_resume_bitwise()
         assert_all(ok, "; ".join(why), comm=sub)
 
 
-@pytest.mark.parallel(nprocs=8)
-def test_dense_ring_allreduce_sums_and_books_like_the_cost_model_P_1_to_8():
+def check_dense_ring_allreduce_P_1_to_8():
     from mpidsgd.comm.dense import ring_allreduce_sum
     for P, sub in sub_comms(range(1, 9)):
         if sub == MPI.COMM_NULL:
