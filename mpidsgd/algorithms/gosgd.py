@@ -206,7 +206,8 @@ class GoSGD(Algorithm):
         must take state_dict() before any rank steps again."""
         if self.box is not None:
             self.box.drain(self._merge)
-        self._consensus()
+        with self.channel.phase("checkpoint"):     # for the checkpoint's shared state
+            self._consensus()
 
     def finish(self):
         if self.box is not None:
@@ -219,7 +220,8 @@ class GoSGD(Algorithm):
         (deterministic) mode it is computed when asked (collective);
         free-running ranks only have their own x_i between drains."""
         if self.consensus is None and self.box is not None and self.synchronous:
-            return self._consensus()
+            with self.channel.phase("eval"):       # asked for by an evaluation
+                return self._consensus()
         return self.params if self.consensus is None else self.consensus
 
     # -- reporting --------------------------------------------------------------------
@@ -265,7 +267,8 @@ class GoSGD(Algorithm):
             local["known"] = self.known
         if self.consensus is None and self.synchronous and self.box is not None \
                 and self.step_count > 0:
-            self._consensus()              # lock step: every rank is here together
+            with self.channel.phase("checkpoint"):  # lock step: every rank is here
+                self._consensus()
         if self.consensus is not None:     # from quiesce(): identical on every rank
             shared = {"consensus": self.consensus, "step": self.step_min}
         else:                              # a fresh run (identical start) or P = 1
