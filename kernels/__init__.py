@@ -14,13 +14,15 @@ code is cached on disk (cache=True) so concurrent ranks reuse it.
     scatter_add(dst, idx, val)      dst[idx] += val (duplicates add; -1 skipped)
     pack(idx, val) -> buf, unpack(buf, k, dtype) -> (idx, val), packed_nbytes
     mix(x, other, w)                x += w * (other - x), in place
+    merge_sum(ia, va, ib, vb)       -> (idx, sums)  union of two sorted selections (CPU)
 """
 from ._dispatch import IMPLS
 from .ef import ef_select
 from .mixing import mix
 from .packing import pack, packed_nbytes, unpack
 from .scatter import scatter_add
+from .spardl_merge import merge_sum
 from .topk import threshold_select, topk_abs
 
-__all__ = ["IMPLS", "ef_select", "mix", "pack", "packed_nbytes", "scatter_add",
+__all__ = ["IMPLS", "ef_select", "merge_sum", "mix", "pack", "packed_nbytes", "scatter_add",
            "threshold_select", "topk_abs", "unpack"]

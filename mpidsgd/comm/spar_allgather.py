@@ -20,7 +20,9 @@ also with CUDA atomics.
 """
 from __future__ import annotations
 
-from ..kernels import pack, scatter_add, topk_abs, unpack
+import numpy as np
+
+from ..kernels import merge_sum, pack, scatter_add, topk_abs, unpack
 from .bruck import array_module, bruck_allgather
 
 TAG_SAG = 0x5B3
@@ -33,7 +35,15 @@ def coalesce(sels, xp):
     Returns (idx, val): the union's indices ascending and the sums, added in
     list order starting from zero. Indices are unique within each selection
     and may repeat across selections; index -1 (padding) is skipped.
+    On the host, selections whose indices ascend (every selection the
+    collectives make does) are merged linearly (kernels.merge_sum), one after
+    another: the same sums, bit for bit, without sorting the concatenation.
     """
+    if xp is np and all(_ascending(s[0]) for s in sels):
+        idx, val = merge_sum(sels[0][0][:0], sels[0][1][:0], sels[0][0], sels[0][1])
+        for i, v in sels[1:]:
+            idx, val = merge_sum(idx, val, i, v)
+        return idx, val
     cat = xp.concatenate([s[0] for s in sels])
     union, inv = xp.unique(cat, return_inverse=True)
     inv = inv.reshape(-1).astype(xp.int32)
@@ -45,6 +55,10 @@ def coalesce(sels, xp):
     if union.size and int(union[0]) == -1:
         union, sums = union[1:], sums[1:]
     return union, sums
+
+
+def _ascending(idx):
+    return idx.size < 2 or bool((idx[1:] > idx[:-1]).all())
 
 
 def cut(idx, val, k, xp):
