@@ -393,11 +393,25 @@ class VRBase(Algorithm):
         xs, xl = self.extra_state()
         local = {"params": self.params, "gbar": self.gbar, "samples": self.samples,
                  "step": self.step_count, "epoch": self.epoch,
-                 "pending": int(getattr(self, "pending", False)), **xl}
+                 "pending": int(getattr(self, "pending", False)),
+                 # the metric history so far, so a resumed run's summary matches:
+                 # a count, then rows in a buffer sized by the run's epochs, so
+                 # the shape is the same in every checkpoint of this run
+                 "history": self._history_buffer(),
+                 **xl}
         if self.tab is not None:
             local["table"] = self.tab.T
         return {"shared": {"step": self.step_count if self.synchronous else 0, **xs},
                 "local": local}
+
+    def _history_buffer(self):
+        spe = max(1, getattr(getattr(self, "shard", None), "steps_per_epoch", 1))
+        rows = max(len(self.history), self.total_steps // spe + 3)
+        buf = np.zeros(1 + 3 * rows, np.float64)
+        buf[0] = len(self.history)
+        if self.history:
+            buf[1:1 + 3 * len(self.history)] = np.asarray(self.history, np.float64).ravel()
+        return buf
 
     def load_state_dict(self, state, reshard=False):
         if reshard:
@@ -408,6 +422,10 @@ class VRBase(Algorithm):
         self.gbar[...] = self.xp.asarray(loc["gbar"])
         self.samples, self.step_count = int(loc["samples"]), int(loc["step"])
         self.epoch, self.pending = int(loc["epoch"]), bool(int(loc["pending"]))
+        if "history" in loc:
+            h = np.asarray(loc["history"], np.float64)
+            rows = h[1:1 + 3 * int(h[0])].reshape(-1, 3)
+            self.history = [[int(e), int(n), float(r)] for e, n, r in rows]
         if self.tab is not None:
             self.tab.T[...] = self.xp.asarray(loc["table"])
         self.load_extra_state(state["shared"], loc)
