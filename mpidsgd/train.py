@@ -29,7 +29,7 @@ QUICKSTART = {
     "data": {"name": "synthetic", "n_samples": 65536, "n_test": 8192, "n_features": 64,
              "n_classes": 10, "batch_size": 32},
     "model": {"name": "mlp", "hidden": [256, 256]},
-    "algo": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": "cosine"},
+    "algo": {"name": "spardl", "lr": 0.05, "momentum": 0.9, "schedule": "cosine"},
 }
 
 def parse_args(argv=None):
