@@ -78,13 +78,14 @@ def bsag(block, h, k_b, *, channel, touched=None):
     (zeroed in place: what stays is this rank's residual of the block).
     Returns (idx, val, U): the merged selection (<= k_b entries, identical on
     every member) and U, the union size before the cut (h adapts to it).
-    `touched`, if a list, gets the indices of `block` that changed.
+    `touched`, if a list, gets (idx, old) for the entries of `block` that
+    changed, old = their values before.
     """
     xp = array_module(block)
     idx, val = topk_abs(block, h)
     block[idx] = 0
     if touched is not None:
-        touched.append(idx)
+        touched.append((idx, val))
     msgs = bruck_allgather(pack(idx, val), channel=channel, tag=TAG_SAG)
     sels = [unpack(msgs[t], h, block.dtype) for t in range(channel.size)]
     union, sums = coalesce(sels, xp)
@@ -110,7 +111,7 @@ def rsag(block, k_b, *, channel, log=None, touched=None):
     share (1 / 2^(s+1)) of the entries dropped by the cut back into it.
     Returns (idx, val): the merged selection, exactly k_b entries. `log`, if
     a list, gets the number of entries of every message sent; `touched`
-    the indices of `block` that changed.
+    (idx, old) for every change of `block`, in order (old: the values before).
     """
     xp = array_module(block)
     d, t = channel.size, channel.rank
@@ -119,7 +120,7 @@ def rsag(block, k_b, *, channel, log=None, touched=None):
     idx, val = topk_abs(block, k_b)
     block[idx] = 0
     if touched is not None:
-        touched.append(idx)
+        touched.append((idx, val))
     s = 0
     while (1 << s) < d:
         partner = t ^ (1 << s)
@@ -134,9 +135,9 @@ def rsag(block, k_b, *, channel, log=None, touched=None):
         union, sums = coalesce(pair, xp)
         idx, val, didx, dval = cut(union, sums, k_b, xp)
         if didx.size:
-            scatter_add(block, didx, dval / dval.dtype.type(1 << (s + 1)))
             if touched is not None:
-                touched.append(didx)
+                touched.append((didx, block[didx]))
+            scatter_add(block, didx, dval / dval.dtype.type(1 << (s + 1)))
         s += 1
     return idx, val
 

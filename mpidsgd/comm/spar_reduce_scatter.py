@@ -20,7 +20,7 @@ collection keeps on the final support; the caller does that.
 """
 from __future__ import annotations
 
-from ..kernels import pack, scatter_add, topk_abs, unpack
+from ..kernels import ef_select, pack, scatter_add, topk_abs, unpack
 from .bruck import array_module
 from .costmodel import log2ceil
 
@@ -34,12 +34,56 @@ def srs_schedule(p: int):
             for i in range(R)]
 
 
-def _take(A, b, k_b, touched):
+class LazySum:
+    """A (P x c, padded) holds a residual E; block b becomes E_b + g_b on its
+    first use, in place: fused into the selection (kernels.ef_select: one
+    pass reads E_b and g_b, writes the sum and selects) when the block is
+    first selected, a plain add when it first receives. g holds the n
+    unpadded values; the padding of A is left as it is."""
+
+    def __init__(self, A, g):
+        self.A, self.g, self.c = A, g, A.shape[1]
+        self.todo = [True] * A.shape[0]
+
+    def _width(self, b):
+        return max(0, min(self.c, self.g.size - b * self.c))
+
+    def ensure(self, b):
+        """Block b holds E_b + g_b (added now if it did not)."""
+        if self.todo[b]:
+            self.todo[b] = False
+            m = self._width(b)
+            if m:
+                lo = b * self.c
+                xp = array_module(self.A)
+                xp.add(self.A[b][:m], self.g[lo:lo + m], out=self.A[b][:m])
+
+    def take(self, b, k):
+        """Top-k of block b (summed first if it was not); the selected entries
+        are zeroed. Returns (idx, val)."""
+        if self.todo[b] and self._width(b) == self.c:
+            self.todo[b] = False
+            lo = b * self.c
+            return ef_select(self.g[lo:lo + self.c], self.A[b], k)
+        self.ensure(b)
+        return _plain_take(self.A[b], k)
+
+    def finish(self):
+        for b in range(len(self.todo)):
+            self.ensure(b)
+
+
+def _plain_take(block, k):
+    idx, val = topk_abs(block, k)
+    block[idx] = 0
+    return idx, val
+
+
+def _take(A, b, k_b, touched, lazy):
     """Top-k_b of block b; the selected entries leave A[b] (zeroed)."""
-    idx, val = topk_abs(A[b], k_b)
-    A[b][idx] = 0
+    idx, val = lazy.take(b, k_b) if lazy is not None else _plain_take(A[b], k_b)
     if touched is not None:
-        touched.append((b, idx))
+        touched.append((b, idx, val))
     return idx, val
 
 
@@ -57,7 +101,7 @@ def _exchange(channel, xp, sels, dest, src, k_b, dtype):
     return [(idx[j * k_b:(j + 1) * k_b], val[j * k_b:(j + 1) * k_b]) for j in range(m)], sent
 
 
-def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None, touched=None):
+def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None, touched=None, lazy=None):
     """Sparse reduce-scatter of the (P x c) array A over `channel`, in place.
 
     Afterwards A[r] (r = channel.rank) holds block r summed over every rank's
@@ -66,7 +110,11 @@ def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None, touched=None
     entries zeroed). `batched=False` sends one block per message (P - 1
     messages; the reference form, same result). `log`, if a list, gets the
     number of entries of every message sent (read off the packed message);
-    `touched`, if a list, gets (block, idx) for every entry of A changed.
+    `touched`, if a list, gets (block, idx, old) for every change of A, in
+    order, old = the values at idx just before (restoring them in reverse
+    order gives back A's values before the call). `lazy`, a LazySum over A,
+    means A holds a residual and each block gets its gradient added on
+    first use (the result is that of A + g from the start, bit for bit).
     """
     xp = array_module(A)
     P, r = channel.size, channel.rank
@@ -76,13 +124,16 @@ def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None, touched=None
         dest, src = (r + gap) % P, (r - gap) % P
         groups = [range(s)] if batched else [[j] for j in range(s)]
         for js in groups:
-            sels = [_take(A, (dest + j) % P, k_b, touched) for j in js]
+            sels = [_take(A, (dest + j) % P, k_b, touched, lazy) for j in js]
             got, sent = _exchange(channel, xp, sels, dest, src, k_b, A.dtype)
             if log is not None:
                 log.append(sent)
             # the j-th received block is block (r + j) mod P, still kept here
             for j, (idx, val) in zip(js, got):
-                scatter_add(A[(r + j) % P], idx, val)
+                b = (r + j) % P
+                if lazy is not None:
+                    lazy.ensure(b)
                 if touched is not None:
-                    touched.append(((r + j) % P, idx))
+                    touched.append((b, idx, A[b][idx]))
+                scatter_add(A[b], idx, val)
     return A

@@ -21,7 +21,7 @@ import numpy as np
 from ..kernels import scatter_add, topk_abs
 from . import costmodel as cm
 from .spar_allgather import block_allgather, bsag, next_h, rsag
-from .spar_reduce_scatter import spar_reduce_scatter
+from .spar_reduce_scatter import LazySum, spar_reduce_scatter
 
 SAGS = ("bruck", "recursive")
 
@@ -67,7 +67,6 @@ class SparDL:
         self.r = self.team.rank
         self.xp = xp or channel.backend.xp
         self.E = self.xp.zeros(self.p_team * self.c, self.dtype)   # padding stays 0
-        self.A = self.xp.zeros_like(self.E)                          # work: A = g + E
         self.last = {}
 
     # -- the allreduce --------------------------------------------------------------
@@ -79,21 +78,24 @@ class SparDL:
         """
         if g.shape != (self.n,) or g.dtype != self.dtype:
             raise ValueError(f"g must have shape ({self.n},) and dtype {self.dtype}")
-        xp, E, A, n = self.xp, self.E, self.A, self.n
-        xp.add(E[:n], g, out=A[:n])    # A = A0 = g + E_old
-        A[n:] = 0
-        blocks = A.reshape(self.p_team, self.c)
+        xp, E, n = self.xp, self.E, self.n
+        # E becomes A = g + E_old in place, block by block on first use (fused
+        # with the first selection where it can be: no separate dense pass)
+        E[n:] = 0
+        blocks = E.reshape(self.p_team, self.c)
+        lazy = LazySum(blocks, g)
         log = {"srs": [], "sag": []}
         touched = []
         spar_reduce_scatter(blocks, self.k_b, channel=self.team, batched=self.batched,
-                            log=log["srs"], touched=touched)
+                            log=log["srs"], touched=touched, lazy=lazy)
+        lazy.finish()
         idx, val = self._own_block(blocks[self.r], log, touched)
         all_idx, all_val = block_allgather(idx, val, self.k_b, channel=self.team)
         # block-local -> padded-global indices; -1 stays padding
         base = (xp.arange(self.p_team, dtype=xp.int64) * self.c)[:, None]
         gidx = xp.where(all_idx >= 0, all_idx + base, -1).reshape(-1)
         sup = gidx[gidx >= 0]
-        self._collect_residual(g, sup, touched)
+        self._collect_residual(blocks, sup, touched)
         if out is None:
             out = xp.empty(n, self.dtype)
         out[...] = 0
@@ -109,36 +111,33 @@ class SparDL:
         if self.teams == 1:
             idx, val = topk_abs(block, self.k_b)
             block[idx] = 0
-            touched.append((self.r, idx))
+            touched.append((self.r, idx, val))
             return idx, val
         own = []
         if self.sag == "recursive":
             idx, val = rsag(block, self.k_b, channel=self.group, log=log["sag"], touched=own)
-            touched.extend((self.r, i) for i in own)
+            touched.extend((self.r, i, v) for i, v in own)
             return idx, val
         h = self.h
         idx, val, U = bsag(block, h, self.k_b, channel=self.group, touched=own)
-        touched.extend((self.r, i) for i in own)
+        touched.extend((self.r, i, v) for i, v in own)
         log["sag"].append(min(h, self.c) * (self.teams - 1))
         self.last.update(h=h, union=U)
         self.h = next_h(h, U, self.k_b, self.teams)
         return idx, val
 
-    def _collect_residual(self, g, sup, touched):
+    def _collect_residual(self, blocks, sup, touched):
         """Global residual collection: E_new = A0 = g + E_old, except on the
         final support, where it is what this rank held and did not forward
-        (A there). A differs from A0 only at the sparse positions the step
-        touched, so A0 is restored there and A becomes the new E (no dense
-        copy of A0 is ever made)."""
-        xp, E, A, n, c = self.xp, self.E, self.A, self.n, self.c
-        held = A[sup]
-        if touched:
-            pos = xp.concatenate([idx.astype(xp.int64) + b * c for b, idx in touched])
-            inside = pos[pos < n]
-            A[inside] = E[inside] + g[inside]
-            A[pos[pos >= n]] = 0
-        A[sup] = held
-        self.E, self.A = A, E
+        (the final A there). A differs from A0 only at the sparse positions
+        the step touched, whose values before each change are logged: they
+        are put back in reverse order (the earliest, A0, last), then the
+        support gets what was held (no dense copy of A0 is ever made)."""
+        E = self.E
+        held = E[sup]
+        for b, idx, old in reversed(touched):
+            blocks[b][idx] = old
+        E[sup] = held
 
     # -- state ----------------------------------------------------------------------
     def support(self):
@@ -147,8 +146,8 @@ class SparDL:
         return None if s is None else s[s < self.n]
 
     def residual(self):
-        """This rank's residual, unpadded: a view, valid until the next
-        allreduce (the residual and work buffers trade places every step)."""
+        """This rank's residual, unpadded: a view, updated in place by every
+        allreduce."""
         return self.E[:self.n]
 
     def predicted(self):
