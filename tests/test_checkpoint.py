@@ -28,7 +28,7 @@ from mpidsgd.checkpoint import (decode, encode, info, list_checkpoints, pack, un
 
 TINY = {"run.eval_every": 0, "run.log_every": 1, "run.progress": "false", "data.n_samples": 512,
         "data.n_test": 64, "data.n_features": 8, "data.n_classes": 3, "data.batch_size": 16,
-        "model.hidden": "[8]", "algo.lr": 0.05, "algo.momentum": 0.9}
+        "model.hidden": "[8]", "algo.name": "sgd", "algo.lr": 0.05, "algo.momentum": 0.9}
 
 
 def launch(out, sets, resume=None, n=2, tag=None, wait=True):

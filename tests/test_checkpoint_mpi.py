@@ -39,7 +39,7 @@ N, EVERY = 20, 7          # steps; checkpoint interval (not a multiple of eval_e
 BASE = {"run.steps": N, "run.eval_every": 4, "run.log_every": 1, "run.progress": "false",
         "run.seed": 3, "data.n_samples": 256, "data.n_test": 64, "data.n_features": 8,
         "data.n_classes": 3, "data.batch_size": 16, "model.hidden": "[8]",
-        "algo.lr": 0.05, "algo.momentum": 0.9}
+        "algo.name": "sgd", "algo.lr": 0.05, "algo.momentum": 0.9}
 
 
 def shared_dir():
