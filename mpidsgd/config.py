@@ -412,9 +412,8 @@ def reference() -> list:
 
 def algorithm_reference() -> list:
     """(key, default, meaning, algorithms) rows of the algorithm-specific keys
-    under [algo], merged over every registered algorithm that declares them;
-    plus (key, default, "default for <name>", [name]) rows for algorithms that
-    change a common default."""
+    under [algo]: one row per (key, default, meaning), listing every
+    registered algorithm that declares it that way."""
     from .algorithms import REGISTRY
     merged = {}
     for name in sorted(REGISTRY):
@@ -426,13 +425,8 @@ def algorithm_reference() -> list:
                     continue
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 key = (f"algo.{f.name}", repr(default), f.metadata.get("doc", ""))
-                merged.setdefault(key, []).append(name)
-    return [(k, eval_default(d), doc_, names) for (k, d, doc_), names in merged.items()]
-
-
-def eval_default(text):
-    import ast
-    return ast.literal_eval(text)
+                merged.setdefault(key, (default, []))[1].append(name)
+    return [(k, default, doc_, names) for (k, _, doc_), (default, names) in merged.items()]
 
 
 def _md_value(v):
