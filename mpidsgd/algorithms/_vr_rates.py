@@ -27,9 +27,55 @@ def rates_table(records, targets=(1e-6, 1e-10)) -> str:
     return "\n".join(lines)
 
 
+def best_runs(records, target=1e-10):
+    """Per (P, method): the run (step) that first reaches `target`, else the
+    one with the smallest final relative norm."""
+    best = {}
+    for r in records:
+        s = r["summary"]
+        key = (s["world_size"], r["run"].split(" lr=")[0])
+        hist = s.get("rel_grad_norm_history") or []
+        hit = next((smp for _, smp, rel in hist if rel <= target), None)
+        score = (0, hit) if hit is not None else (1, s["final_rel_grad_norm"])
+        if key not in best or score < best[key][0]:
+            best[key] = (score, r)
+    return [r for _, r in best.values()]
+
+
+def plot(records, path):
+    """Relative gradient norm (log) against gradient evaluations per sample,
+    the best step of every (P, method). Needs the plot extra."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in sorted(best_runs(records), key=lambda r: (r["summary"]["world_size"], r["run"])):
+        s = r["summary"]
+        N = s["samples_processed"] / s["grad_evals_per_sample"]
+        hist = s.get("rel_grad_norm_history") or []
+        x = [smp * s["world_size"] / N for _, smp, _ in hist]
+        y = [rel for _, _, rel in hist]
+        ax.semilogy(x, y, marker=".", label=f"P={s['world_size']} {r['run']}")
+    ax.set_xlabel("gradient evaluations per sample")
+    ax.set_ylabel("||grad f(x)|| / ||grad f(x0)||")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 if __name__ == "__main__":
+    import argparse
     import json
-    import sys
-    for path in sys.argv[1:]:
+    ap = argparse.ArgumentParser(prog="python -m mpidsgd.algorithms._vr_rates")
+    ap.add_argument("json", nargs="+", help="bench train --json files")
+    ap.add_argument("--plot", help="also write the convergence plot (best step per P and method)")
+    args = ap.parse_args()
+    records = []
+    for path in args.json:
         with open(path) as fh:
-            print(rates_table(json.load(fh)))
+            recs = json.load(fh)
+        records += recs
+        print(rates_table(recs))
+    if args.plot:
+        plot(records, args.plot)
