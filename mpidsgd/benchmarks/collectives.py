@@ -21,6 +21,9 @@ Per scheme and emulation setting one JSON record:
 --emulate alpha,beta charges alpha seconds per message and beta seconds per
 byte as sleep in the Channel; repeat it (and `none`) to measure several
 networks in one run. The machine may be shared: the load average is printed.
+--device cuda puts the gradient in GPU memory (CuPy; one GPU per rank by
+node-local rank): selection runs in the CUDA kernels and MPI reads pinned host
+copies, or the device buffers themselves with --cuda-aware.
 """
 from __future__ import annotations
 
@@ -44,6 +47,12 @@ def register(sub):
                    help="emulated network (repeatable; default none)")
     p.add_argument("--schemes", default=None, help="comma-separated scheme names to keep")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the gradient lives: cuda = CuPy arrays and the CUDA kernels, one "
+                        "GPU per rank by node-local rank (default cpu)")
+    p.add_argument("--cuda-aware", action="store_true",
+                   help="hand device buffers to MPI directly (CUDA-aware MPI only); "
+                        "default: staged through pinned host memory")
     p.add_argument("--reps", type=int, default=5, help="timed calls per scheme (median)")
     p.add_argument("--json", metavar="FILE", help="write the records, one JSON object a line")
     p.set_defaults(func=run)
@@ -79,7 +88,8 @@ def schemes(ch, g, density, teams, keep):
     from ..comm.topka import topka
     P, n, s = ch.size, g.size, g.dtype.itemsize
     k = max(1, min(n, int(np.floor(n * density))))
-    buf, res, out = np.empty_like(g), np.zeros_like(g), np.empty_like(g)
+    xp = ch.backend.xp
+    buf, res, out = xp.empty_like(g), xp.zeros_like(g), xp.empty_like(g)
 
     def dense(name, fn, model):
         def make():
@@ -142,8 +152,10 @@ def time_scheme(ch, sc, reps):
         sc.reset()
         with ch.phase("sync"):
             ch.Barrier()
+        ch.backend.synchronize()
         t0 = time.perf_counter()
         sc.call()
+        ch.backend.synchronize()        # a GPU step ends when its last kernel does
         dt = time.perf_counter() - t0
         with ch.phase("sync"):
             dt = float(ch.allreduce_values([dt], op=_max())[0])
@@ -159,12 +171,12 @@ def _max():
     return MPI.MAX
 
 
-def bench(topo, n, args, alpha, beta, keep):
+def bench(topo, backend, n, args, alpha, beta, keep):
     from ..comm import costmodel as cm
     from ..comm.channel import Channel, NetworkEmulation
-    ch = Channel(topo.world, emulate=NetworkEmulation(alpha, beta))
+    ch = Channel(topo.world, backend=backend, emulate=NetworkEmulation(alpha, beta))
     P = ch.size
-    g = np.random.default_rng([1, ch.rank]).standard_normal(n).astype(args.dtype)
+    g = backend.asarray(np.random.default_rng([1, ch.rank]).standard_normal(n).astype(args.dtype))
     s = g.dtype.itemsize
     records, dense_ms = [], None
     for name, make in schemes(ch, g, args.density, args.teams, keep):
@@ -182,6 +194,7 @@ def bench(topo, n, args, alpha, beta, keep):
         emulated = alpha > 0 or beta > 0
         records.append(dict(
             scheme=name, P=P, n=n, k=sc.k, dtype=args.dtype, density=args.density,
+            device=args.device, cuda_aware=bool(args.cuda_aware),
             alpha=alpha, beta=beta, ms=round(ms, 3),
             bytes_per_rank=tot[0] / P, max_bytes_per_rank=float(mx[0]),
             messages_per_rank=tot[1] / P, predicted_bytes=pb,
@@ -190,6 +203,17 @@ def bench(topo, n, args, alpha, beta, keep):
             lower_bound_bytes=cm.sparse_lower_bound(sc.k, s, P) if sc.sparse else None,
             ratio_vs_dense=round(ms / dense_ms, 4) if dense_ms else None))
     return records
+
+
+def _gpu_name(backend):
+    """'no GPU' or the device's name, staging mode included."""
+    if backend.device != "cuda":
+        return "no GPU (NumPy arrays)"
+    import cupy
+    name = cupy.cuda.runtime.getDeviceProperties(backend.gpu)["name"]
+    name = name.decode() if isinstance(name, bytes) else name
+    how = "CUDA-aware MPI" if backend.cuda_aware else "staged through pinned host memory"
+    return f"GPU {name} (CuPy arrays, {how})"
 
 
 def print_table(records, where):
@@ -208,16 +232,19 @@ def print_table(records, where):
 
 
 def run(args):
+    from ..backend import Backend
     from ..topology import Topology
     topo = Topology()
+    backend = Backend(args.device, args.cuda_aware, topo.local_rank)
     keep = set(args.schemes.split(",")) if args.schemes else None
     records = []
     for n in args.n:
         for alpha, beta in _emulations(args.emulate):
-            records += bench(topo, n, args, alpha, beta, keep)
+            records += bench(topo, backend, n, args, alpha, beta, keep)
     if topo.is_root:
         load = os.getloadavg()
-        where = (f"{_cpu_name()}, {os.cpu_count()} cores, {topo.size} ranks; dtype "
+        where = (f"{_cpu_name()}, {os.cpu_count()} cores, {topo.size} ranks; "
+                 f"{_gpu_name(backend)}; dtype "
                  f"{args.dtype}, density {args.density}, median of {args.reps}; "
                  f"load average {load[0]:.2f} {load[1]:.2f}")
         print_table(records, where)
