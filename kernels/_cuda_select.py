@@ -33,8 +33,10 @@ TILE = THREADS * ITEMS
 # ---------------------------------------------------------------- kernels
 
 @cuda.jit(cache=True)
-def _hist(u, amask, shift, pshift, prefix, inf, hist, flag):
-    # hist[d] += #{i : key_i >> pshift == prefix and (key_i >> shift) % NBINS == d}
+def _hist(u, amask, shift, pshift, prefix, dmask, inf, hist, flag):
+    # hist[d] += #{i : key_i >> pshift == prefix and (key_i >> shift) & dmask == d}
+    # (dmask = 2^digit - 1: the last digit is narrower than DIGIT bits, and
+    # the prefix's low bits must not leak into its bin number)
     sh = cuda.shared.array(NBINS, int32)
     t = cuda.threadIdx.x
     for b in range(t, NBINS, cuda.blockDim.x):
@@ -45,7 +47,7 @@ def _hist(u, amask, shift, pshift, prefix, inf, hist, flag):
         if kk >= inf:
             flag[0] = 1
         if (kk >> pshift) == prefix:
-            cuda.atomic.add(sh, (kk >> shift) & (NBINS - 1), 1)
+            cuda.atomic.add(sh, (kk >> shift) & dmask, 1)
     cuda.syncthreads()
     for b in range(t, NBINS, cuda.blockDim.x):
         if sh[b] != 0:
@@ -189,7 +191,7 @@ def _radix_bound(dev, u, dtype, k, flag, hist0=None):
         else:
             hd = dev.zeros(NBINS, np.int64)
             _hist[blocks(u.size), THREADS, dev.stream](
-                u, amask, ut(shift), ut(shift + d), ut(prefix), inf, hd, flag)
+                u, amask, ut(shift), ut(shift + d), ut(prefix), ut((1 << d) - 1), inf, hd, flag)
             h = dev.host(hd)
         b = (1 << d) - 1                    # walk down to the bin of the k-th
         while above + h[b] < k:

@@ -127,6 +127,10 @@ def select_topk(x, k, g=None, nchunks=None):
     c = K.compact(cidx, craw, counts, cap)
     cidx, craw = cidx[:c], craw[:c]
     T, above = K.kth_largest(craw, k, (int(lb) ^ hi).bit_length())
+    # T as the key type: a Python int reaches Numba as int64, and Numba
+    # compares uint64 with int64 in float64, which merges keys that differ
+    # only in their low bits (adjacent float64 values)
+    T = craw.dtype.type(T)
     K.emit(cidx, craw, T, k - above, idx, vals.view(craw.dtype))
     if zeroed:
         K.restore_unselected(x, cidx, craw, T, k - above)

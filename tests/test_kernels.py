@@ -94,6 +94,13 @@ def vector(kind, n, dtype, seed=0):
     elif kind == "zeros":                       # +0/-0 ties with a few values
         x = np.where(rng.random(n) < 0.5, 0.0, -0.0)
         x[rng.integers(0, max(n, 1), n // 10)] = rng.standard_normal(n // 10)
+    elif kind == "adjacent":                    # neighbouring floats of one binade:
+        # the radix select reaches its last digit (9 bits for float32, 8 for
+        # float64, narrower than the others) with the prefix's low bits set
+        ui = np.uint32 if dtype == np.float32 else np.uint64
+        last = (8 * np.dtype(dtype).itemsize - 1) % 11
+        keys = np.array(1.0, dtype).view(ui) + ui(3 << last) + rng.permutation(n).astype(ui)
+        x = keys.view(dtype) * np.where(rng.random(n) < 0.5, -1, 1).astype(dtype)
     elif kind == "wide":                        # magnitudes over 600 binades
         x = rng.standard_normal(n) * 2.0 ** rng.integers(-300, 300, n)
         if dtype == np.float32:
@@ -103,7 +110,7 @@ def vector(kind, n, dtype, seed=0):
     return x.astype(dtype)
 
 
-KINDS = ["normal", "equal", "few", "zeros", "wide"]
+KINDS = ["normal", "equal", "few", "zeros", "wide", "adjacent"]
 
 
 def ks(n):

@@ -84,7 +84,7 @@ if SIM:
 
     @in_sim
     @pytest.mark.parametrize("dtype", DTYPES)
-    @pytest.mark.parametrize("kind", ["normal", "equal", "few", "zeros", "wide"])
+    @pytest.mark.parametrize("kind", ["normal", "equal", "few", "zeros", "wide", "adjacent"])
     def test_topk_abs(dtype, kind):
         for n in SIZES:
             x = vector(kind, n, dtype, seed=n)
@@ -117,7 +117,7 @@ if SIM:
 
     @in_sim
     @pytest.mark.parametrize("dtype", DTYPES)
-    @pytest.mark.parametrize("kind", ["normal", "equal", "few"])
+    @pytest.mark.parametrize("kind", ["normal", "equal", "few", "adjacent"])
     def test_ef_select(dtype, kind):
         for n in [1, 129, 300]:
             g = vector(kind, n, dtype, seed=n)
