@@ -29,7 +29,9 @@ setup(
     extras_require={
         "mpich": ["mpich"],
         "openmpi": ["openmpi"],
-        "gpu": ["cupy-cuda12x"],
+        # CuPy and the Numba CUDA target (numba-cuda) for a CUDA 12 or 13 driver
+        "gpu": ["cupy-cuda12x", "numba-cuda[cu12]"],
+        "gpu-cuda13": ["cupy-cuda13x", "numba-cuda[cu13]"],
         "plot": ["matplotlib"],
         "test": ["pytest>=7", "mpi-pytest>=2025.0", "pytest-timeout", "matplotlib"],
     },
