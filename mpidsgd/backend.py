@@ -53,18 +53,26 @@ class Backend:
             self.xp.cuda.get_current_stream().synchronize()
 
     def host_buffer(self, shape, dtype, slot=0):
-        """A reusable pinned host buffer for staging (plain memory on CPU)."""
+        """A reusable pinned host buffer of `shape` for staging (plain memory
+        on CPU): a view of the one buffer kept per (slot, dtype), grown by
+        half again when too small. Sparse messages change size every step, so
+        one buffer per size would pin more host memory at every new size. A
+        slot must not be reused while a non-blocking operation on it is in
+        flight."""
         dtype = np.dtype(dtype)
-        key = (slot, tuple(np.atleast_1d(shape)), dtype.str)
+        shape = tuple(int(s) for s in np.atleast_1d(shape))
+        size = int(np.prod(shape, dtype=np.int64))
+        key = (slot, dtype.str)
         buf = self._pinned.get(key)
-        if buf is None:
+        if buf is None or buf.size < size:
+            cap = max(size, int(1.5 * buf.size) if buf is not None else 0)
             if self.device == "cuda":
                 import cupyx
-                buf = cupyx.empty_pinned(shape, dtype)
+                buf = cupyx.empty_pinned(cap, dtype)
             else:
-                buf = np.empty(shape, dtype)
+                buf = np.empty(cap, dtype)
             self._pinned[key] = buf
-        return buf
+        return buf[:size].reshape(shape)
 
     def needs_staging(self, a) -> bool:
         """Device buffers go through host memory unless MPI is CUDA-aware."""
