@@ -52,12 +52,14 @@ def parse_args(argv=None):
 class Log:
     """Rank 0 prints and writes metrics; every other rank stays silent."""
 
-    def __init__(self, topo, out_dir, enabled=True):
+    def __init__(self, topo, out_dir, enabled=True, append=False):
+        """append: keep the records already there (a resume, which rewinds
+        them to its step); a fresh run starts the file anew."""
         self.root = topo.is_root
         self.fh = None
         if self.root and enabled:
             os.makedirs(out_dir, exist_ok=True)
-            self.fh = open(os.path.join(out_dir, "metrics.jsonl"), "a")
+            self.fh = open(os.path.join(out_dir, "metrics.jsonl"), "a" if append else "w")
 
     def say(self, text):
         if self.root:
@@ -214,7 +216,7 @@ def run(cfg, ctx, topo, args):
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "config.toml"), "w") as fh:
             fh.write(C.dumps(cfg))
-    log = Log(topo, out)
+    log = Log(topo, out, append=bool(getattr(args, "resume", None)))
     meter = ctx["meter"] = Meter()
     ckpt = open_checkpoints(cfg, topo, ctx, log, args)
     stop = StopAgreement(channel, time_limit_s=cfg.run.time_limit_s, collective=algo.synchronous)

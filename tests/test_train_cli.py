@@ -100,6 +100,13 @@ def test_small_run_writes_outputs_serial(tmp_path):
     resolved = tomllib.loads((tmp_path / "config.toml").read_text())
     assert resolved["data"]["n_samples"] == 512 and resolved["algo"]["name"] == train.QUICKSTART["algo"]["name"]
     assert "final" in res.stdout
+    # a second fresh run into the same folder replaces the metrics, as it
+    # replaces config.toml and summary.json (only --resume continues them)
+    first = (tmp_path / "metrics.jsonl").read_text()
+    res = launch([*TINY, "--set", f"run.out_dir=\"{tmp_path}\""], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    again = (tmp_path / "metrics.jsonl").read_text()
+    assert first.count("\n") == again.count("\n") > 0
 
 
 def test_quickstart_toml_spells_out_the_builtin_default():
