@@ -159,6 +159,33 @@ if SIM:
 
     @in_sim
     @pytest.mark.parametrize("dtype", DTYPES)
+    def test_restore_outside(dtype):
+        from test_kernels_spardl import _oracle_restore
+        rng = np.random.default_rng(2)
+        dst = rng.standard_normal(300).astype(dtype)
+        idx = rng.choice(300, 130, replace=False).astype(np.int32)    # any order
+        old = rng.standard_normal(130).astype(dtype)
+        keep = np.union1d(idx[:40], rng.choice(300, 20, replace=False)).astype(np.int32)
+        d = dst.copy()
+        K.restore_outside(d, idx, old, keep, impl="cuda")
+        assert same(d, _oracle_restore(dst, idx, old, keep))
+
+    @in_sim
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_densify_blocks(dtype):
+        from test_kernels_spardl import _oracle_densify
+        rng = np.random.default_rng(3)
+        idx = np.stack([np.sort(rng.choice(70, 20, replace=False)) for _ in range(3)])
+        idx[1, 15:] = -1
+        idx = idx.astype(np.int32)
+        val = rng.standard_normal((3, 20)).astype(dtype)
+        val[:, ::5] = dtype(-0.0)
+        out = rng.standard_normal(190).astype(dtype)
+        K.densify_blocks(out, idx, val, 70, 3, impl="cuda")
+        assert same(out, _oracle_densify(190, idx, val, 70, 3))
+
+    @in_sim
+    @pytest.mark.parametrize("dtype", DTYPES)
     def test_mix(dtype):
         rng = np.random.default_rng(1)
         x = (rng.standard_normal(130) * 100).astype(dtype)
