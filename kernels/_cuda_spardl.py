@@ -12,7 +12,7 @@ from ._cuda_util import THREADS, Device, blocks
 
 
 @cuda.jit(cache=True)
-def _restore(dst, idx, old, keep):
+def _restore(dst, idx, old, keep, inside):
     for i in range(cuda.grid(1), idx.size, cuda.gridsize(1)):
         j = idx[i]
         lo = 0
@@ -23,7 +23,8 @@ def _restore(dst, idx, old, keep):
                 lo = mid + 1
             else:
                 hi = mid
-        if lo == keep.size or keep[lo] != j:
+        found = lo < keep.size and keep[lo] == j
+        if found == inside:
             dst[j] = old[i]
 
 
@@ -43,13 +44,13 @@ def _add_blocks(out, idx, val, m, c, div):
                 cuda.atomic.add(out, g, val[e] / div)
 
 
-def restore_outside(dst, idx, old, keep):
+def restore_outside(dst, idx, old, keep, inside):
     if idx.size == 0:
         return
     dev = Device(dst, idx, old, keep)
     d = dev.put(dst)
     _restore[blocks(idx.size), THREADS, dev.stream](d, dev.put(idx), dev.put(old),
-                                                    dev.put(keep))
+                                                    dev.put(keep), bool(inside))
     dev.write_back(d, dst)
 
 

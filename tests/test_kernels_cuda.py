@@ -123,10 +123,11 @@ if SIM:
             g = vector(kind, n, dtype, seed=n)
             r = vector("normal", n, dtype, seed=n + 1) if kind != "equal" else np.zeros(n, dtype)
             for k in sorted({0, 1, n // 4, n}):
-                r2 = r.copy()
-                idx, vals = K.ef_select(g, r2, k, impl="cuda")
-                ridx, rvals, rnew = oracle_ef(g, r, k)
-                assert np.array_equal(idx, ridx) and same(vals, rvals) and same(r2, rnew)
+                for zero in (True, False):
+                    r2 = r.copy()
+                    idx, vals = K.ef_select(g, r2, k, zero=zero, impl="cuda")
+                    ridx, rvals, rnew = oracle_ef(g, r, k, zero=zero)
+                    assert np.array_equal(idx, ridx) and same(vals, rvals) and same(r2, rnew)
 
     @in_sim
     @pytest.mark.parametrize("dtype", DTYPES)
@@ -166,9 +167,10 @@ if SIM:
         idx = rng.choice(300, 130, replace=False).astype(np.int32)    # any order
         old = rng.standard_normal(130).astype(dtype)
         keep = np.union1d(idx[:40], rng.choice(300, 20, replace=False)).astype(np.int32)
-        d = dst.copy()
-        K.restore_outside(d, idx, old, keep, impl="cuda")
-        assert same(d, _oracle_restore(dst, idx, old, keep))
+        for inside in (False, True):
+            d = dst.copy()
+            K.restore_outside(d, idx, old, keep, inside=inside, impl="cuda")
+            assert same(d, _oracle_restore(dst, idx, old, keep, inside))
 
     @in_sim
     @pytest.mark.parametrize("dtype", DTYPES)

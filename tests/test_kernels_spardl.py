@@ -70,11 +70,11 @@ from test_kernels import IMPLS, host, impl_name, same, to_impl  # noqa: E402
 from mpidsgd.kernels import densify_blocks, restore_outside  # noqa: E402
 
 
-def _oracle_restore(dst, idx, old, keep):
+def _oracle_restore(dst, idx, old, keep, inside=False):
     out = dst.copy()
     ks = set(keep.tolist())
     for j, v in zip(idx.tolist(), old):
-        if j not in ks:
+        if (j in ks) == inside:
             out[j] = v
     return out
 
@@ -93,7 +93,8 @@ def _oracle_densify(n, idx, val, c, divisor):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("order", ["ascending", "shuffled"])
-def test_restore_outside_matches_oracle(impl, dtype, order):
+@pytest.mark.parametrize("inside", [False, True])
+def test_restore_outside_matches_oracle(impl, dtype, order, inside):
     rng = np.random.default_rng(3)
     n = 5000
     dst = rng.standard_normal(n).astype(dtype)
@@ -107,8 +108,8 @@ def test_restore_outside_matches_oracle(impl, dtype, order):
         keep = np.union1d(rng.choice(idx, min(m, kk // 2), replace=False) if m else [],
                           rng.choice(n, kk - kk // 2, replace=False)).astype(np.int32)
         d, i, o, k = to_impl(impl, dst.copy(), idx.astype(np.int32), old, keep)
-        restore_outside(d, i, o, k, impl=impl_name(impl))
-        assert same(host(d), _oracle_restore(dst, idx, old, keep)), (m, kk)
+        restore_outside(d, i, o, k, inside=inside, impl=impl_name(impl))
+        assert same(host(d), _oracle_restore(dst, idx, old, keep, inside)), (m, kk)
 
 
 def test_restore_outside_rejects_bad_input():

@@ -130,9 +130,16 @@ class SparDL:
         the step touched, whose values before each change are logged: off
         the support they are put back in reverse order (the earliest, A0,
         last); the support keeps what is held (no dense copy of A0 is ever
-        made, and nothing is gathered). sup[b]: block b's final support."""
+        made, and nothing is gathered). sup[b]: block b's final support. A
+        forwarded selection (logged with old = None) was not zeroed when it
+        left, the block's last change: on the support it is zeroed now, off
+        it there is nothing to undo."""
         for b, idx, old in reversed(touched):
-            restore_outside(blocks[b], idx, old, sup[b])
+            if old is None:
+                zeros = self.xp.zeros(idx.size, self.dtype)
+                restore_outside(blocks[b], idx, zeros, sup[b], inside=True)
+            else:
+                restore_outside(blocks[b], idx, old, sup[b])
 
     # -- state ----------------------------------------------------------------------
     def support(self, padded=False):
