@@ -15,6 +15,8 @@ code is cached on disk (cache=True) so concurrent ranks reuse it.
     pack(idx, val) -> buf, unpack(buf, k, dtype) -> (idx, val), packed_nbytes
     mix(x, other, w)                x += w * (other - x), in place
     merge_sum(ia, va, ib, vb)       -> (idx, sums)  union of two sorted selections (CPU)
+    restore_outside(dst, idx, old, keep)   dst[idx] = old except at keep (SparDL residual)
+    densify_blocks(out, idx, val, c, d)    out <- sparse blocks of c, / d, zeros elsewhere
 """
 from ._dispatch import IMPLS
 from .ef import ef_select
@@ -22,7 +24,8 @@ from .mixing import mix
 from .packing import pack, packed_nbytes, unpack
 from .scatter import scatter_add
 from .spardl_merge import merge_sum
+from .spardl_residual import densify_blocks, restore_outside
 from .topk import threshold_select, topk_abs
 
-__all__ = ["IMPLS", "ef_select", "merge_sum", "mix", "pack", "packed_nbytes", "scatter_add",
-           "threshold_select", "topk_abs", "unpack"]
+__all__ = ["IMPLS", "densify_blocks", "ef_select", "merge_sum", "mix", "pack", "packed_nbytes",
+           "restore_outside", "scatter_add", "threshold_select", "topk_abs", "unpack"]

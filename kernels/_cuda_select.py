@@ -261,7 +261,7 @@ def threshold_select(x, tkey):
     return dev.result(idx), dev.result(vals), int(idx.size)
 
 
-def ef_select(grad, residual, k):
+def ef_select(grad, residual, k, zero=True):
     dev = Device(grad, residual)
     dtype = np.dtype(residual.dtype)
     n = residual.size
@@ -283,6 +283,6 @@ def ef_select(grad, residual, k):
         dev.write_back(r, residual)
         return _empty_result(dev, n, dtype)
     above_lo, bnd_lo, need = _radix_bound(dev, ru, dtype, k, flag, hist0=h)
-    idx, vals = _compact(dev, ru, dtype, above_lo, bnd_lo, need, k, zero=True)
+    idx, vals = _compact(dev, ru, dtype, above_lo, bnd_lo, need, k, zero=zero)
     dev.write_back(r, residual)
     return dev.result(idx), dev.result(vals)

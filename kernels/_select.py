@@ -52,9 +52,9 @@ def _buffers(size, idx_dtype, raw_dtype, reuse):
     return pair[0][:size], pair[1][:size]
 
 
-def _collect(x, g, lb, cap, bounds, reuse=False):
-    """Candidates key >= lb per chunk (x += g first, and candidates zeroed,
-    when g is non-empty). Returns (cidx, craw, counts, hi): chunk c's
+def _collect(x, g, lb, cap, bounds, reuse=False, zero=True):
+    """Candidates key >= lb per chunk (x += g first, and candidates zeroed
+    if `zero`, when g is non-empty). Returns (cidx, craw, counts, hi): chunk c's
     candidates at [c*cap, c*cap + counts[c]) (true counts: a count > cap
     overflowed), hi = the largest key. Raises on NaN/Inf."""
     nch = bounds.size - 1
@@ -62,7 +62,7 @@ def _collect(x, g, lb, cap, bounds, reuse=False):
     cidx, craw = _buffers(nch * cap, index_dtype(x.size), u, reuse)
     counts = np.zeros(nch, np.int64)
     maxk = np.zeros(nch, u)
-    K.collect(x, g, u.type(lb), bounds, cap, cidx, craw, counts, maxk)
+    K.collect(x, g, u.type(lb), bounds, cap, cidx, craw, counts, maxk, zero)
     hi = int(maxk.max()) if nch else 0
     if hi >= inf_key(x.dtype):
         raise non_finite_error("input")
@@ -94,11 +94,11 @@ def _fallback_bound(x, k, bounds):
     return b << shift
 
 
-def select_topk(x, k, g=None, nchunks=None):
+def select_topk(x, k, g=None, nchunks=None, zero=True):
     """(idx, vals): the k largest |x|, ties to the lower index, idx ascending.
     With g (error feedback): x += g first, fused into the first pass, and the
-    selected entries of x are zeroed. x and g contiguous, same dtype;
-    0 <= k <= x.size (checked by the caller)."""
+    selected entries of x are zeroed (unless `zero` is False). x and g
+    contiguous, same dtype; 0 <= k <= x.size (checked by the caller)."""
     n = x.size
     bounds = chunk_bounds(n, nchunks or numba.get_num_threads())
     chunk = int(np.diff(bounds).max())
@@ -111,12 +111,12 @@ def select_topk(x, k, g=None, nchunks=None):
     else:
         lb, cap = _estimate(x, g, k)
     cap = chunk if cap is None else min(cap, chunk)
-    cidx, craw, counts, hi = _collect(x, g, lb, cap, bounds, reuse=cap < chunk)
+    cidx, craw, counts, hi = _collect(x, g, lb, cap, bounds, reuse=cap < chunk, zero=zero)
     idx = np.empty(k, index_dtype(n))
     vals = np.empty(k, x.dtype)
     if k == 0:
         return idx, vals
-    zeroed = ef                             # candidates of x are zeroed
+    zeroed = ef and zero                    # candidates of x are zeroed
     if counts.sum() < k or (counts > cap).any():
         # misjudged bound: undo the zeroing, exact bound, collect again
         if zeroed:
@@ -134,7 +134,7 @@ def select_topk(x, k, g=None, nchunks=None):
     K.emit(cidx, craw, T, k - above, idx, vals.view(craw.dtype))
     if zeroed:
         K.restore_unselected(x, cidx, craw, T, k - above)
-    elif ef:
+    elif ef and zero:
         K.zero_at(x, idx)
     return idx, vals
 

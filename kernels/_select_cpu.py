@@ -86,8 +86,8 @@ def _zero_flagged(w, f):
 
 
 @njit(cache=True)
-def _collect_chunk(xs, gs, off, lb, ci, cr):
-    # error-feedback mode (gs non-empty) also zeroes the recorded candidates:
+def _collect_chunk(xs, gs, off, lb, ci, cr, zero):
+    # error-feedback mode (gs non-empty) with `zero` also zeroes the recorded candidates:
     # most of them are selected, and zeroing here, while the block is in L1,
     # is cheaper than k scattered stores later (see restore_unselected). Once
     # the buffer overflowed nothing more is zeroed (the caller restores all).
@@ -105,22 +105,22 @@ def _collect_chunk(xs, gs, off, lb, ci, cr):
         else:
             mk = _flag_block(w, lb, f, mk)
         m = _emit_flags(f, fw, w, off + s, m, ci, cr)
-        if ef and m <= ci.size:
+        if ef and zero and m <= ci.size:
             _zero_flagged(w, f)
     return m, mk
 
 
 @njit(parallel=True, cache=True)
-def collect(x, g, lb, bounds, cap, cidx, craw, counts, maxk):
+def collect(x, g, lb, bounds, cap, cidx, craw, counts, maxk, zero):
     """Chunk c of x (bounds[c]:bounds[c+1]) appends its candidates key >= lb to
     cidx/craw[c*cap:(c+1)*cap]; counts[c] is its true count, maxk[c] its largest
-    key. With g non-empty, x += g first (in place, same pass) and the
-    recorded candidates are set to 0 in x."""
+    key. With g non-empty, x += g first (in place, same pass) and, if `zero`,
+    the recorded candidates are set to 0 in x."""
     for c in prange(bounds.size - 1):
         lo, hi = bounds[c], bounds[c + 1]
         gs = g[lo:hi] if g.size else g
         m, mk = _collect_chunk(x[lo:hi], gs, lo, lb,
-                               cidx[c * cap:(c + 1) * cap], craw[c * cap:(c + 1) * cap])
+                               cidx[c * cap:(c + 1) * cap], craw[c * cap:(c + 1) * cap], zero)
         counts[c] = m
         maxk[c] = mk
 

@@ -2,7 +2,7 @@
 
     acc = grad + residual
     idx, vals = topk_abs(acc, k)          (same tie rule: lower index first)
-    residual[:] = acc; residual[idx] = 0  (in place)
+    residual[:] = acc; residual[idx] = 0  (in place; zero=False skips the zeroing)
 
 The CPU kernel does it in one pass over grad and residual (read both, write
 acc back into residual, flag candidates) plus work on ~1.2 k candidates and k
@@ -19,33 +19,35 @@ from ._select import select_topk
 from .topk import topk_abs_numpy
 
 
-def ef_select_numpy(grad, residual, k):
+def ef_select_numpy(grad, residual, k, zero=True):
     """Reference: the three lines of the module docstring."""
     np.add(grad, residual, out=residual)
     idx, vals = topk_abs_numpy(residual, k)
-    residual[idx] = 0
+    if zero:
+        residual[idx] = 0
     return idx, vals
 
 
-def _ef_cpu(grad, residual, k):
+def _ef_cpu(grad, residual, k, zero=True):
     if not residual.flags.c_contiguous:
         raise ValueError("residual must be C-contiguous (it is updated in place)")
-    return select_topk(residual, k, g=np.ascontiguousarray(grad))
+    return select_topk(residual, k, g=np.ascontiguousarray(grad), zero=zero)
 
 
-def _ef_cuda(grad, residual, k):
+def _ef_cuda(grad, residual, k, zero=True):
     from . import _cuda_select
-    return _cuda_select.ef_select(grad, residual, k)
+    return _cuda_select.ef_select(grad, residual, k, zero=zero)
 
 
 _EF = {"numpy": ef_select_numpy, "cpu": _ef_cpu, "cuda": _ef_cuda}
 
 
-def ef_select(grad, residual, k, *, impl=None):
+def ef_select(grad, residual, k, *, zero=True, impl=None):
     """Top-k with error feedback, in one call.
 
     grad, residual: 1-D float32/float64 arrays of the same dtype and length;
-    residual is overwritten with grad + residual, the selected entries zeroed.
+    residual is overwritten with grad + residual, the selected entries zeroed
+    (left as they are with zero=False: the caller zeroes what it needs).
     Returns (idx, vals) as topk_abs(grad + residual, k): idx ascending, vals
     the accumulated values. Raises ValueError on NaN/Inf in grad + residual.
     """
@@ -55,4 +57,4 @@ def ef_select(grad, residual, k, *, impl=None):
     if isinstance(residual, np.ndarray) and not residual.flags.writeable:
         raise ValueError("residual must be a writable array (updated in place)")
     k = D.check_k(k, residual.size)
-    return D.dispatch(_EF, impl, grad, residual)(grad, residual, k)
+    return D.dispatch(_EF, impl, grad, residual)(grad, residual, k, zero=bool(zero))

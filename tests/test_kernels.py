@@ -47,11 +47,12 @@ def oracle_threshold(x, t):
     return idx, x[idx]
 
 
-def oracle_ef(grad, residual, k):
+def oracle_ef(grad, residual, k, zero=True):
     acc = grad + residual
     idx, vals = oracle_topk(acc, k)
     new = acc.copy()
-    new[idx] = 0
+    if zero:
+        new[idx] = 0
     return idx, vals, new
 
 
@@ -274,6 +275,23 @@ def test_ef_select_matches_oracle(impl, dtype, kind, n):
         ridx, rvals, rnew = oracle_ef(g, r, k)
         assert np.array_equal(host(idx), ridx), (kind, n, k)
         assert same(host(vals), rvals) and same(host(ri), rnew), (kind, n, k)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_ef_select_without_zeroing(impl, dtype, kind):
+    # zero=False: same selection, residual = grad + residual everywhere (also
+    # on inputs whose sampled bound is misjudged and take the fallback pass)
+    for n in [513, 40001]:
+        g = vector(kind, n, dtype, seed=n + 1)
+        r = vector("normal", n, dtype, seed=n + 9) if kind != "equal" else np.zeros(n, dtype)
+        for k in [1, n // 100, n // 3]:
+            gi, ri = to_impl(impl, g, r.copy())
+            idx, vals = K.ef_select(gi, ri, k, zero=False, impl=impl_name(impl))
+            ridx, rvals, rnew = oracle_ef(g, r, k, zero=False)
+            assert np.array_equal(host(idx), ridx), (kind, n, k)
+            assert same(host(vals), rvals) and same(host(ri), rnew), (kind, n, k)
 
 
 def test_ef_select_repeated_steps_conserve_mass():

@@ -123,10 +123,11 @@ if SIM:
             g = vector(kind, n, dtype, seed=n)
             r = vector("normal", n, dtype, seed=n + 1) if kind != "equal" else np.zeros(n, dtype)
             for k in sorted({0, 1, n // 4, n}):
-                r2 = r.copy()
-                idx, vals = K.ef_select(g, r2, k, impl="cuda")
-                ridx, rvals, rnew = oracle_ef(g, r, k)
-                assert np.array_equal(idx, ridx) and same(vals, rvals) and same(r2, rnew)
+                for zero in (True, False):
+                    r2 = r.copy()
+                    idx, vals = K.ef_select(g, r2, k, zero=zero, impl="cuda")
+                    ridx, rvals, rnew = oracle_ef(g, r, k, zero=zero)
+                    assert np.array_equal(idx, ridx) and same(vals, rvals) and same(r2, rnew)
 
     @in_sim
     @pytest.mark.parametrize("dtype", DTYPES)
@@ -156,6 +157,34 @@ if SIM:
         assert np.array_equal(i, idx) and same(v, val)
         i, v = K.unpack(np.zeros(0, np.uint8), 0, dtype, impl="cuda")
         assert i.size == 0 and v.size == 0
+
+    @in_sim
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_restore_outside(dtype):
+        from test_kernels_spardl import _oracle_restore
+        rng = np.random.default_rng(2)
+        dst = rng.standard_normal(300).astype(dtype)
+        idx = rng.choice(300, 130, replace=False).astype(np.int32)    # any order
+        old = rng.standard_normal(130).astype(dtype)
+        keep = np.union1d(idx[:40], rng.choice(300, 20, replace=False)).astype(np.int32)
+        for inside in (False, True):
+            d = dst.copy()
+            K.restore_outside(d, idx, old, keep, inside=inside, impl="cuda")
+            assert same(d, _oracle_restore(dst, idx, old, keep, inside))
+
+    @in_sim
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_densify_blocks(dtype):
+        from test_kernels_spardl import _oracle_densify
+        rng = np.random.default_rng(3)
+        idx = np.stack([np.sort(rng.choice(70, 20, replace=False)) for _ in range(3)])
+        idx[1, 15:] = -1
+        idx = idx.astype(np.int32)
+        val = rng.standard_normal((3, 20)).astype(dtype)
+        val[:, ::5] = dtype(-0.0)
+        out = rng.standard_normal(190).astype(dtype)
+        K.densify_blocks(out, idx, val, 70, 3, impl="cuda")
+        assert same(out, _oracle_densify(190, idx, val, 70, 3))
 
     @in_sim
     @pytest.mark.parametrize("dtype", DTYPES)

@@ -60,3 +60,96 @@ def test_merge_sum_rejects_bad_input():
     with pytest.raises(ValueError):
         merge_sum(np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.int32), np.zeros(0),
                   impl="cuda")
+
+
+# ---------------------------------------------------------------- restore_outside / densify_blocks
+# Oracles: plain Python loops over the definitions (kernels/spardl_residual.py).
+
+from test_kernels import IMPLS, host, impl_name, same, to_impl  # noqa: E402
+
+from mpidsgd.kernels import densify_blocks, restore_outside  # noqa: E402
+
+
+def _oracle_restore(dst, idx, old, keep, inside=False):
+    out = dst.copy()
+    ks = set(keep.tolist())
+    for j, v in zip(idx.tolist(), old):
+        if (j in ks) == inside:
+            out[j] = v
+    return out
+
+
+def _oracle_densify(n, idx, val, c, divisor):
+    out = np.zeros(n, val.dtype)
+    div = val.dtype.type(divisor)
+    for b in range(idx.shape[0]):
+        for j in range(idx.shape[1]):
+            i = int(idx[b, j])
+            if i != -1 and b * c + i < n:
+                out[b * c + i] = out[b * c + i] + val[b, j] / div
+    return out
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", ["ascending", "shuffled"])
+@pytest.mark.parametrize("inside", [False, True])
+def test_restore_outside_matches_oracle(impl, dtype, order, inside):
+    rng = np.random.default_rng(3)
+    n = 5000
+    dst = rng.standard_normal(n).astype(dtype)
+    for m, kk in [(0, 10), (1, 0), (300, 250), (1200, 40)]:
+        idx = np.sort(rng.choice(n, m, replace=False))
+        if order == "shuffled":
+            rng.shuffle(idx)
+        old = rng.standard_normal(m).astype(dtype)
+        old[::7] = dtype(-0.0)
+        # keep: some of idx (the final support overlaps the logged entries) and others
+        keep = np.union1d(rng.choice(idx, min(m, kk // 2), replace=False) if m else [],
+                          rng.choice(n, kk - kk // 2, replace=False)).astype(np.int32)
+        d, i, o, k = to_impl(impl, dst.copy(), idx.astype(np.int32), old, keep)
+        restore_outside(d, i, o, k, inside=inside, impl=impl_name(impl))
+        assert same(host(d), _oracle_restore(dst, idx, old, keep, inside)), (m, kk)
+
+
+def test_restore_outside_rejects_bad_input():
+    d = np.zeros(10)
+    with pytest.raises(ValueError, match="ascending"):
+        restore_outside(d, np.array([1], np.int32), np.ones(1), np.array([3, 2], np.int32))
+    with pytest.raises(ValueError, match="outside"):
+        restore_outside(d, np.array([10], np.int32), np.ones(1), np.array([], np.int32))
+    assert not d.any()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["sorted", "padded", "unsorted", "empty"])
+def test_densify_blocks_matches_oracle(impl, dtype, case):
+    rng = np.random.default_rng(5)
+    B, c, m = 5, 997, 40
+    n = B * c - 300                       # the last block is partly padding
+    idx = np.stack([np.sort(rng.choice(c, m, replace=False)) for _ in range(B)])
+    val = rng.standard_normal((B, m)).astype(dtype)
+    val[:, ::9] = dtype(-0.0)             # 0 + (-0.0) = +0.0 everywhere
+    if case == "padded":
+        idx[1, m - 7:] = -1
+        idx[B - 1, :3] = -1
+    elif case == "unsorted":
+        for b in range(B):
+            rng.shuffle(idx[b])
+    elif case == "empty":
+        idx, val = idx[:, :0], val[:, :0]
+    idx = idx.astype(np.int32)
+    out0 = rng.standard_normal(n).astype(dtype)   # overwritten everywhere
+    o, i, v = to_impl(impl, out0.copy(), idx, val)
+    densify_blocks(o, i, v, c, 7, impl=impl_name(impl))
+    assert same(host(o), _oracle_densify(n, idx, val, c, 7))
+
+
+def test_densify_blocks_rejects_bad_input():
+    out = np.zeros(20, np.float32)
+    v = np.ones((2, 1), np.float32)
+    with pytest.raises(ValueError, match="indices"):
+        densify_blocks(out, np.array([[10], [0]], np.int32), v, 10, 2)
+    with pytest.raises(ValueError, match="elements"):
+        densify_blocks(out, np.array([[1], [0]], np.int32), v, 9, 2)

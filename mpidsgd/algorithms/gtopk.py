@@ -2,8 +2,8 @@
 pairwise merges keeping the global top-k, then a broadcast from the root)
 with error feedback; a baseline for `spardl` (algorithms/spardl.md).
 
-Same options and step as `topka` (algorithms/topka.py); the world size must
-be a power of two.
+Same options, step and state as `topka` (algorithms/topka.py); the world
+size must be a power of two.
 """
 from __future__ import annotations
 
@@ -21,12 +21,6 @@ class GTopk(TopkA):
     def check_world(cls, cfg, size):
         if not is_power_of_two(size):
             raise ConfigError(f"algo.name: gtopk needs a power-of-two number of ranks, got {size}")
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        if not is_power_of_two(self.size):
-            raise ConfigError(f"algo.name: gtopk needs a power-of-two number of ranks, "
-                              f"got {self.size}")
 
     def sparse_allreduce(self, grad):
         gtopk(grad, self.residual, self.k, channel=self.channel, out=grad)

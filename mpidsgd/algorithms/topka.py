@@ -8,6 +8,12 @@ unselected g + e in its residual; momentum and weight decay are applied
 densely to that result, identically everywhere, so parameters stay
 bit-identical across ranks. The first `warmup_dense_steps` steps use the
 dense allreduce instead (residuals untouched).
+
+`TopkA` is also the base of the other sparse allreduces with error feedback
+(`gtopk`, `spardl`): they share its step, dense warm-up, optimizer and
+checkpoint layout, and override only `init_sparse`, `sparse_allreduce` and,
+where their per-rank state differs, `local_state` / `load_local_state` /
+`reset_local_state`.
 """
 from __future__ import annotations
 
@@ -39,7 +45,13 @@ class TopkA(Algorithm):
 
     def __init__(self, *args):
         super().__init__(*args)
+        self.check_world(self.cfg, self.size)
         self.opt = self.make_optimizer()
+        self.init_sparse()
+
+    # -- what a sparse allreduce overrides ------------------------------------------
+    def init_sparse(self):
+        """Build the sparse allreduce's per-rank state."""
         self.residual = self.xp.zeros_like(self.params)
         self.k = max(1, min(self.params.size, math.floor(self.params.size * self.opts.density)))
 
@@ -47,6 +59,18 @@ class TopkA(Algorithm):
         """grad <- the sparse average (in place); updates the residual."""
         topka(grad, self.residual, self.k, channel=self.channel, out=grad)
 
+    def local_state(self) -> dict:
+        """This rank's error-feedback state, as checkpointed under /ranks/<r>/."""
+        return {"residual": self.residual}
+
+    def load_local_state(self, loc: dict):
+        self.residual[...] = self.xp.asarray(loc["residual"])
+
+    def reset_local_state(self):
+        """Fresh state after a resume at another world size (reshard)."""
+        self.residual.fill(0)
+
+    # -- shared by every sparse allreduce with error feedback -----------------------
     def step(self, shard) -> StepInfo:
         X, y, _ = shard.next_batch()
         loss = self.compute_grad(self.params, X, y, self.grad)
@@ -61,16 +85,16 @@ class TopkA(Algorithm):
     def state_dict(self):
         state = super().state_dict()
         state["shared"].update(self.opt.state_dict())
-        state["local"]["residual"] = self.residual
+        state["local"].update(self.local_state())
         return state
 
     def load_state_dict(self, state, reshard=False):
         super().load_state_dict(state, reshard)
         self.opt.load_state_dict(state["shared"])
         if reshard:
-            self.residual.fill(0)
+            self.reset_local_state()
         else:
-            self.residual[...] = self.xp.asarray(state["local"]["residual"])
+            self.load_local_state(state["local"])
 
     def summary(self):
         return {"density": self.opts.density, "k": self.k}

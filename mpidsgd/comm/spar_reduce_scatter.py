@@ -16,7 +16,11 @@ been summed into it:
 
 A rank never receives a block after sending it. What stays in A[b] after the
 block left (the unselected partial sums) is what SparDL's global residual
-collection keeps on the final support; the caller does that.
+collection keeps on the final support; the caller does that. Since nothing
+reads or changes a block after it left, the zeroing `A[b][idx] = 0` is not
+stored here: A[b] keeps the values it was selected from, and the selection
+is logged so that the caller zeroes it where it stays on the final support
+(no scattered stores now, none to undo later).
 """
 from __future__ import annotations
 
@@ -59,31 +63,26 @@ class LazySum:
                 xp.add(self.A[b][:m], self.g[lo:lo + m], out=self.A[b][:m])
 
     def take(self, b, k):
-        """Top-k of block b (summed first if it was not); the selected entries
-        are zeroed. Returns (idx, val)."""
+        """Top-k of block b (summed first if it was not); A[b] is left
+        holding the values selected from. Returns (idx, val)."""
         if self.todo[b] and self._width(b) == self.c:
             self.todo[b] = False
             lo = b * self.c
-            return ef_select(self.g[lo:lo + self.c], self.A[b], k)
+            return ef_select(self.g[lo:lo + self.c], self.A[b], k, zero=False)
         self.ensure(b)
-        return _plain_take(self.A[b], k)
+        return topk_abs(self.A[b], k)
 
     def finish(self):
         for b in range(len(self.todo)):
             self.ensure(b)
 
 
-def _plain_take(block, k):
-    idx, val = topk_abs(block, k)
-    block[idx] = 0
-    return idx, val
-
-
 def _take(A, b, k_b, touched, lazy):
-    """Top-k_b of block b; the selected entries leave A[b] (zeroed)."""
-    idx, val = lazy.take(b, k_b) if lazy is not None else _plain_take(A[b], k_b)
+    """Top-k_b of block b, about to leave this rank (logged with old = None:
+    the selected entries are not zeroed in A, see the module docstring)."""
+    idx, val = lazy.take(b, k_b) if lazy is not None else topk_abs(A[b], k_b)
     if touched is not None:
-        touched.append((b, idx, val))
+        touched.append((b, idx, None))
     return idx, val
 
 
@@ -106,15 +105,18 @@ def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None, touched=None
 
     Afterwards A[r] (r = channel.rank) holds block r summed over every rank's
     forwarded selections plus this rank's own values; for b != r, A[b] holds
-    what this rank kept of block b when it forwarded top-k_b of it (selected
-    entries zeroed). `batched=False` sends one block per message (P - 1
-    messages; the reference form, same result). `log`, if a list, gets the
-    number of entries of every message sent (read off the packed message);
-    `touched`, if a list, gets (block, idx, old) for every change of A, in
-    order, old = the values at idx just before (restoring them in reverse
-    order gives back A's values before the call). `lazy`, a LazySum over A,
-    means A holds a residual and each block gets its gradient added on
-    first use (the result is that of A + g from the start, bit for bit).
+    block b as this rank had it when it forwarded top-k_b of it: what this
+    rank kept of it is that with the forwarded entries zeroed (not stored,
+    see the module docstring). `batched=False` sends one block per message
+    (P - 1 messages; the reference form, same result). `log`, if a list,
+    gets the number of entries of every message sent (read off the packed
+    message); `touched`, if a list, gets, in order, (block, idx, old) for
+    every change of A, old = the values at idx just before (restoring them
+    in reverse order gives back A's values before the call), and
+    (block, idx, None) for every forwarded selection (the zeroing not
+    stored). `lazy`, a LazySum over A, means A holds a residual and each
+    block gets its gradient added on first use (the result is that of
+    A + g from the start, bit for bit).
     """
     xp = array_module(A)
     P, r = channel.size, channel.rank

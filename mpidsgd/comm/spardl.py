@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import scatter_add, topk_abs
+from ..kernels import densify_blocks, restore_outside, topk_abs
 from . import costmodel as cm
 from .spar_allgather import block_allgather, bsag, next_h, rsag
 from .spar_reduce_scatter import LazySum, spar_reduce_scatter
@@ -91,17 +91,14 @@ class SparDL:
         lazy.finish()
         idx, val = self._own_block(blocks[self.r], log, touched)
         all_idx, all_val = block_allgather(idx, val, self.k_b, channel=self.team)
-        # block-local -> padded-global indices; -1 stays padding
-        base = (xp.arange(self.p_team, dtype=xp.int64) * self.c)[:, None]
-        gidx = xp.where(all_idx >= 0, all_idx + base, -1).reshape(-1)
-        sup = gidx[gidx >= 0]
+        # the final support, per block (block-local, ascending; -1 padding dropped)
+        sup = [row if row.size == 0 or int(row[-1]) >= 0 else row[row >= 0] for row in all_idx]
         self._collect_residual(blocks, sup, touched)
         if out is None:
             out = xp.empty(n, self.dtype)
-        out[...] = 0
-        vals = all_val.reshape(-1) / self.dtype.type(self.P)
-        scatter_add(out, xp.where(gidx < n, gidx, -1), vals)
-        self.last.update(selected=int(sup.size), srs_entries=log["srs"],
+        # out <- zeros with the gathered blocks / P, in one ordered pass
+        densify_blocks(out, all_idx, all_val, self.c, self.P)
+        self.last.update(selected=sum(int(s.size) for s in sup), srs_entries=log["srs"],
                          sag_entries=log["sag"], support=sup)
         return out
 
@@ -130,20 +127,30 @@ class SparDL:
         """Global residual collection: E_new = A0 = g + E_old, except on the
         final support, where it is what this rank held and did not forward
         (the final A there). A differs from A0 only at the sparse positions
-        the step touched, whose values before each change are logged: they
-        are put back in reverse order (the earliest, A0, last), then the
-        support gets what was held (no dense copy of A0 is ever made)."""
-        E = self.E
-        held = E[sup]
+        the step touched, whose values before each change are logged: off
+        the support they are put back in reverse order (the earliest, A0,
+        last); the support keeps what is held (no dense copy of A0 is ever
+        made, and nothing is gathered). sup[b]: block b's final support. A
+        forwarded selection (logged with old = None) was not zeroed when it
+        left, the block's last change: on the support it is zeroed now, off
+        it there is nothing to undo."""
         for b, idx, old in reversed(touched):
-            blocks[b][idx] = old
-        E[sup] = held
+            if old is None:
+                zeros = self.xp.zeros(idx.size, self.dtype)
+                restore_outside(blocks[b], idx, zeros, sup[b], inside=True)
+            else:
+                restore_outside(blocks[b], idx, old, sup[b])
 
     # -- state ----------------------------------------------------------------------
-    def support(self):
-        """Indices (into the unpadded n) of the last call's final support."""
+    def support(self, padded=False):
+        """Indices (ascending) of the last call's final support: into the
+        unpadded n, or with `padded` into the padded P'c (padding included)."""
         s = self.last.get("support")
-        return None if s is None else s[s < self.n]
+        if s is None:
+            return None
+        xp = self.xp
+        g = xp.concatenate([row.astype(xp.int64) + b * self.c for b, row in enumerate(s)])
+        return g if padded else g[g < self.n]
 
     def residual(self):
         """This rank's residual, unpadded: a view, updated in place by every
