@@ -55,7 +55,8 @@ def close(a, b, tol=1e-12):
 
 CASES = [("centralvr", "logreg", {}), ("centralvr", "ridge", {}), ("centralvr", "softmax", {}),
          ("saga", "logreg", {}), ("saga", "logreg", {"sampling": "replacement"}),
-         ("saga", "softmax", {"sampling": "replacement"}), ("svrg", "logreg", {}), ("svrg", "ridge", {})]
+         ("saga", "softmax", {"sampling": "replacement"}), ("svrg", "logreg", {}), ("svrg", "ridge", {}),
+         ("svrg", "logreg", {"snapshot": "recompute"})]
 
 
 @pytest.mark.parallel(nprocs=4)
