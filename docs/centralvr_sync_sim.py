@@ -5,6 +5,7 @@ implementation itself: the evidence behind the README's "Sync at P > 1" notes.
     mpiexec -n 2 python docs/centralvr_sync_sim.py --lr 0.025 --epochs 30 --compare
     mpiexec -n 2 python docs/centralvr_sync_sim.py --lr 0.025 --same-shard
     mpiexec -n 2 python docs/centralvr_sync_sim.py --lr 0.025 --l2 0.1 --serial
+    mpiexec -n 2 python docs/centralvr_sync_sim.py --saga --lr 0.0125 --compare
     python docs/centralvr_sync_sim.py --lr 0.025 --split 8
 
 Task: the rates suite (jobs/bench/centralvr_rates.toml): logistic regression,
@@ -39,8 +40,10 @@ def sig(t):
     return 1.0 / (1.0 + np.exp(-t))
 
 
-def simulate(As, ys, orders, lr, l2, epochs, diag=False):
-    """rel. gradient norm after each epoch (and the --diag series). As[k]: rows [x_i, 1]."""
+def simulate(As, ys, orders, lr, l2, epochs, diag=False, saga=False):
+    """rel. gradient norm after each epoch (and the --diag series). As[k]: rows [x_i, 1].
+    saga: the README's sync SAGA instead, a running mean a (reset to ḡ at each
+    epoch start) in place of ḡ, a += (new - old) / n_k after each step."""
     P, n = len(As), [len(A) for A in As]
     N = sum(n)
     w = [m / N for m in n]
@@ -54,11 +57,13 @@ def simulate(As, ys, orders, lr, l2, epochs, diag=False):
     for e in range(epochs):
         xk, gk = [], []
         for r in range(P):
-            xr, A, y, Tr = x.copy(), As[r], ys[r], T[r]
+            xr, A, y, Tr, a = x.copy(), As[r], ys[r], T[r], gbar.copy()
             for i in orders(e, r):
                 D = sig(A[i] @ xr) - y[i]
-                v = A[i] * D if e == 0 else A[i] * (D - Tr[i]) + gbar
+                v = A[i] * D if e == 0 else A[i] * (D - Tr[i]) + (a if saga else gbar)
                 xr = xr - lr * (v + l2 * xr)
+                if saga and e > 0:
+                    a = a + A[i] * (D - Tr[i]) / n[r]
                 Tr[i] = D
             xk.append(xr)
             gk.append(A.T @ Tr / n[r])
@@ -75,6 +80,7 @@ def simulate(As, ys, orders, lr, l2, epochs, diag=False):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lr", type=float, default=0.025)
+    ap.add_argument("--saga", action="store_true", help="sync SAGA (permutation sampling) instead")
     ap.add_argument("--l2", type=float, default=0.01)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--n", type=int, default=2000, help="samples per rank")
@@ -91,7 +97,7 @@ def main():
                        "data": {"n_features": 20, "n_classes": 2, "samples_per_rank": a.n,
                                 "n_test": 512, "batch_size": 1},
                        "model": {"name": "logreg", "l2": a.l2},
-                       "algo": {"name": "centralvr", "lr": a.lr, "momentum": 0.0,
+                       "algo": {"name": "saga" if a.saga else "centralvr", "lr": a.lr, "momentum": 0.0,
                                 "schedule": "constant", "metric_every": 1}})
     ctx = build(cfg, Topology(comm))
     alg, shard = ctx["algo"], ctx["data"].train
@@ -117,12 +123,12 @@ def main():
 
     def orders(e, r):       # the shard's data order: Shard.permutation(epoch) of rank r
         return np.random.default_rng([seed, SHUFFLE, e, r]).permutation(len(As[r]))
-    hist, dist, xs = simulate(As, ys, orders, a.lr, a.l2, a.epochs, a.diag)
+    hist, dist, xs = simulate(As, ys, orders, a.lr, a.l2, a.epochs, a.diag, a.saga)
 
     def fmt(h):
         return " ".join(f"{v:.1e}" for v in h)
     tail = (hist[-1] / hist[-11]) ** 0.1 if len(hist) > 10 else float("nan")
-    print(f"sim P={P} lr={a.lr} l2={a.l2}{' same shard' if a.same_shard else ''}: rel. gradient norm "
+    print(f"sim {'saga' if a.saga else 'centralvr'} P={P} lr={a.lr} l2={a.l2}{' same shard' if a.same_shard else ''}: rel. gradient norm "
           f"per epoch\n  {fmt(hist)}\n  rate per epoch over the last 10: {tail:.3f}")
     if a.diag:
         print(f"  max_k ||mean(T_k) - grad f_k(x)|| / ||grad f(x0)||:\n  {fmt(dist)}")
@@ -135,7 +141,7 @@ def main():
 
         def order1(e, r):
             return np.random.default_rng([seed, SHUFFLE, e, r]).permutation(len(A1[0]))
-        h1, _, _ = simulate(A1, y1, order1, a.lr, a.l2, a.epochs)
+        h1, _, _ = simulate(A1, y1, order1, a.lr, a.l2, a.epochs, saga=a.saga)
         print(f"sim P=1 on the same {len(y1[0])} samples: {fmt(h1)}")
 
 
