@@ -38,6 +38,9 @@ def cfg_with(**algo):
     ({"metric_every": -1}, "algo.metric_every"),
     ({"momentum": 0.9}, "algo.momentum"),
     ({"optimizer": "adamw"}, "algo.momentum"),
+    ({"name": "svrg", "snapshot": "sometimes"}, "algo.snapshot"),
+    ({"name": "svrg", "snapshot": "stored", "table": "blocks"}, "algo.snapshot"),
+    ({"snapshot": "recompute"}, "algo.snapshot"),          # an svrg key, not centralvr's
 ])
 def test_bad_config_names_the_key(algo, key):
     with pytest.raises(C.ConfigError, match=key.replace(".", r"\.")):
@@ -155,3 +158,41 @@ def test_saga_counts_each_duplicate_once():
         assert np.allclose(alg.params, ref[e]["x"], rtol=1e-12, atol=1e-15)
         assert np.allclose(alg.tab.T, ref[e]["T"][0], rtol=1e-12, atol=1e-15)
     assert dups > 0
+
+
+def test_svrg_recompute_snapshot_matches_stored_and_counts_three_per_round():
+    """algo.snapshot = recompute computes ∇f_i(x̃) again at every inner step:
+    the same iterates as the stored derivatives (float64 rounding apart) and
+    the same as the serial simulation, at 1 + 2 gradients per sample per round
+    instead of 1 + 1; `stored` keeps n numbers, `recompute` none."""
+    runs = {}
+    for snap in ("stored", "recompute"):
+        alg, shard = make_serial("svrg", snapshot=snap, n=30, B=3, epochs=4)
+        x0 = alg.params.copy()
+        while not alg.done():
+            alg.step(shard)
+        alg.finish()
+        runs[snap] = (alg.params.copy(), alg.grad_evals, alg.summary()["table_numbers_per_rank"])
+    X, y = np.asarray(shard.X), np.asarray(shard.y, np.float64)
+    ref = simulate("svrg", [X], [y], x0, model="logreg", lr=0.1, l2=0.01, B=3,
+                   steps=shard.steps_per_epoch, epochs=4, seed=5)
+    for snap, (x, evals, numbers) in runs.items():
+        assert np.allclose(x, ref[-1]["x"], rtol=1e-12, atol=1e-14), snap
+    assert runs["stored"][1] == 4 * 2 and runs["recompute"][1] == 4 * 3
+    assert runs["stored"][2] == 30 and runs["recompute"][2] == 0
+
+
+@pytest.mark.parametrize("suite", ["centralvr", "centralvr_rates"])
+def test_vr_bench_suites_run_at_a_constant_step(suite):
+    """The suites have no base job, so their runs start from the train CLI's
+    quickstart (cosine schedule): each must set the constant step itself."""
+    from mpidsgd.benchmarks.train import load_suite
+    from mpidsgd.train import QUICKSTART
+    spec, _ = load_suite(os.path.join(os.path.dirname(__file__), "..", "jobs", "bench", f"{suite}.toml"))
+    assert "base" not in spec["suite"]
+    for run in spec["runs"]:
+        over = spec["suite"].get("set", []) + run.get("set", [])
+        if "algo.mode='async'" in over:      # async needs P >= 2; the schedule does not depend on it
+            over = over + ["algo.mode='sync'"]
+        cfg = C.load(None, over, base=QUICKSTART)      # what `python -m mpidsgd.train --set ...` builds
+        assert cfg.algo.schedule == "constant", f"{suite}: {run['label']} runs at a {cfg.algo.schedule} step"

@@ -48,14 +48,21 @@ def plot(records, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in sorted(best_runs(records), key=lambda r: (r["summary"]["world_size"], r["run"])):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    # colour = method, line style = P
+    runs = sorted(best_runs(records), key=lambda r: (r["run"].split(" lr=")[0], r["summary"]["world_size"]))
+    methods = sorted({r["run"].split(" lr=")[0] for r in runs})
+    sizes = sorted({r["summary"]["world_size"] for r in runs})
+    styles = ["-", "--", ":", "-."]
+    for r in runs:
         s = r["summary"]
         N = s["samples_processed"] / s["grad_evals_per_sample"]
         hist = s.get("rel_grad_norm_history") or []
         x = [smp * s["world_size"] / N for _, smp, _ in hist]
         y = [rel for _, _, rel in hist]
-        ax.semilogy(x, y, marker=".", label=f"P={s['world_size']} {r['run']}")
+        ax.semilogy(x, y, marker=".", markersize=3, color=f"C{methods.index(r['run'].split(' lr=')[0]) % 10}",
+                    linestyle=styles[sizes.index(s["world_size"]) % len(styles)],
+                    label=f"P={s['world_size']} {r['run']}")
     ax.set_xlabel("gradient evaluations per sample")
     ax.set_ylabel("||grad f(x)|| / ||grad f(x0)||")
     ax.grid(True, which="major", alpha=0.3)

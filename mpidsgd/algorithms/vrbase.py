@@ -187,7 +187,7 @@ class VRBase(Algorithm):
         self.N = float(counts.sum())
         self.weights = counts / self.N
         self.w = float(self.weights[self.rank])
-        if holds_data and (self.uses_table or self.kind == "samples"):
+        if holds_data and (self.uses_table or getattr(self, "stored", False)):
             self.tab = Tableau(self.kind, self.model, shard, self.xp)
         g0 = self.full_grad_norm(self.params)
         self.g0 = g0 if g0 > 0 else 1.0
