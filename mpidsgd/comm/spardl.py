@@ -92,7 +92,11 @@ class SparDL:
         idx, val = self._own_block(blocks[self.r], log, touched)
         all_idx, all_val = block_allgather(idx, val, self.k_b, channel=self.team)
         # the final support, per block (block-local, ascending; -1 padding dropped)
-        sup = [row if row.size == 0 or int(row[-1]) >= 0 else row[row >= 0] for row in all_idx]
+        # (padding is at a row's end: one read-back of the last column decides
+        # which rows need the filter, instead of one per row on a GPU)
+        last = all_idx[:, -1].tolist() if all_idx.shape[1] else []
+        sup = [row if row.size == 0 or last[b] >= 0 else row[row >= 0]
+               for b, row in enumerate(all_idx)]
         self._collect_residual(blocks, sup, touched)
         if out is None:
             out = xp.empty(n, self.dtype)
