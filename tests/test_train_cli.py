@@ -41,6 +41,9 @@ BAD = [
     (["--set", "algo.lr=-1"], "algo.lr must be >= 0"),
     (["--set", "data.name=\"file\"", "--set", "data.path=\"/nonexistent/x.npz\""], "/nonexistent/x.npz"),
     (["--config", "/nonexistent/job.toml"], "config file /nonexistent/job.toml does not exist"),
+    # algorithm options are checked the same way
+    (["--set", "algo.name=centralvr", "--set", "algo.mode=bogus"], "algo.mode"),
+    (["--set", 'algo.name="palsgd"', "--set", "algo.p=1.5"], "algo.p"),
 ]
 
 
