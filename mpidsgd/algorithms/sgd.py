@@ -38,7 +38,7 @@ class DenseSGD(Algorithm):
     def __init__(self, *args):
         super().__init__(*args)
         self.opt = self.make_optimizer()
-        self.metric_every = self.opts.metric_every if self.opts is not None else 0
+        self.metric_every = self.opts.metric_every
         self.history, self.g0, self.final_rel, self.grad_evals = [], 1.0, None, None
 
     def plan(self, shard):
