@@ -34,6 +34,8 @@ setup(
         "gpu": ["cupy-cuda12x", "numba-cuda[cu12]"],
         "gpu-cuda13": ["cupy-cuda13x", "numba-cuda[cu13]"],
         "plot": ["matplotlib"],
+        # the documentation site: mkdocs build --strict (mkdocs.yml)
+        "docs": ["mkdocs>=1.6", "pymdown-extensions>=10"],
         "test": ["pytest>=7", "mpi-pytest>=2025.0", "pytest-timeout", "matplotlib"],
     },
     entry_points={"console_scripts": ["mpidsgd-train=mpidsgd.train:main"]},

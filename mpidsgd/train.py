@@ -37,7 +37,7 @@ def parse_args(argv=None):
         prog="python -m mpidsgd.train",
         description="Train a flat-buffer model data-parallel over MPI ranks. "
                     "Without --config, runs the built-in quickstart.",
-        epilog="Config keys: see README.md (Configuration). Example: "
+        epilog="Config keys: docs/configuration.md or python -m mpidsgd.config. Example: "
                "--set algo.name=spardl --set algo.density=0.01")
     p.add_argument("--config", help="TOML job file (jobs/*.toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -131,7 +131,7 @@ def setup(args, topo):
 
 
 def build(cfg, topo):
-    """Everything a run needs, in the order DESIGN.md gives."""
+    """Everything a run needs, in the order docs/design.md gives."""
     from .backend import Backend
     from .comm.channel import Channel, NetworkEmulation, agree_error
     from .data import load_data
@@ -297,7 +297,7 @@ def report(log, cfg, algo, shard, channel, metrics, loss, t0, final=False):
 
 
 def make_summary(cfg, topo, algo, shard, channel, final, train_loss, wall, stop_reason):
-    """summary.json fields (DESIGN.md); communication figures are rank means."""
+    """summary.json fields (docs/getting-started.md); communication figures are rank means."""
     phases = sorted(set(channel.counters.bytes))
     with channel.phase("metrics"):
         vals = channel.allreduce_values(

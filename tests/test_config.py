@@ -61,20 +61,31 @@ def test_reference_lists_every_key():
         assert key in keys
 
 
-def test_readme_documents_every_key_with_its_default():
-    """Every common key and every algorithm's own key appears in the README's
-    configuration tables with the default the code uses (regenerate with
-    `python -m mpidsgd.config --readme README.md`)."""
+def test_docs_page_documents_every_key_with_its_default():
+    """Every common key and every algorithm's own key appears in the tables
+    of docs/configuration.md with the default the code uses (regenerate with
+    `python -m mpidsgd.config --write docs/configuration.md`)."""
     import os
     import re
     from mpidsgd import config as C
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    text = open(os.path.join(root, "README.md")).read()
+    text = open(os.path.join(root, "docs", "configuration.md")).read()
     m = re.search(r"<!-- config:table -->\n(.*?)<!-- /config:table -->", text, re.S)
-    assert m, "README.md lacks the <!-- config:table --> block"
+    assert m, "docs/configuration.md lacks the <!-- config:table --> block"
     assert m.group(1).strip() == C.markdown().strip(), \
-        "README config tables are stale: run python -m mpidsgd.config --readme README.md"
+        "config tables are stale: run python -m mpidsgd.config --write docs/configuration.md"
     for key, default, meaning in C.reference():
         assert f"| `{key}` | {C._md_value(default)} |" in m.group(1)
     for key, default, meaning, names in C.algorithm_reference():
         assert f"| `{key}` | {', '.join(names)} | {C._md_value(default)} |" in m.group(1)
+
+
+def test_config_check_flags_a_stale_page(tmp_path):
+    """--check exits 1 on a page whose tables differ from the code, 0 after --write."""
+    from mpidsgd import config as C
+    page = tmp_path / "configuration.md"
+    page.write_text("intro\n<!-- config:table -->\n| stale |\n<!-- /config:table -->\n")
+    assert C._main(["--check", str(page)]) == 1
+    assert C._main(["--write", str(page)]) == 0
+    assert C._main(["--check", str(page)]) == 0
+    assert page.read_text().startswith("intro\n")
