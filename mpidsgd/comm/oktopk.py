@@ -40,6 +40,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import kernels as K
+from .channel import Counters
 
 TAG_SPLIT = 0x6b01
 
@@ -209,11 +210,18 @@ class OkTopk:
 
     @contextmanager
     def _count(self, counted, phase):
-        """The Channel's counter delta (bytes, messages) over one phase."""
-        c, label = self.channel.counters, self.channel.label
-        b0, m0 = c.bytes.get(label, 0.0), c.messages.get(label, 0)
-        yield
-        counted[phase] = (c.bytes.get(label, 0.0) - b0, c.messages.get(label, 0) - m0)
+        """(bytes, messages) the Channel books during one phase, counted on
+        fresh counters (exact: no rounding against a running total), then
+        added to the channel's own."""
+        ch = self.channel
+        own, ch.counters = ch.counters, Counters()
+        try:
+            yield
+        finally:
+            fresh, ch.counters = ch.counters, own
+            counted[phase] = (fresh.bytes.get(ch.label, 0.0), fresh.messages.get(ch.label, 0))
+            own.add(ch.label, *counted[phase])
+            own.emulated_s += fresh.emulated_s
 
     def _split_reduce(self, A, sel):
         """Send each region's selection to its owner; sum what this rank's
