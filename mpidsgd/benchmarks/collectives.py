@@ -3,9 +3,12 @@ the same gradient, timed whole (selection, packing, communication, unpacking).
 
 Schemes: dense MPI Allreduce (`dense-mpi`), dense ring (`dense-ring`),
 `topka`, `gtopk` (power-of-two P), `spardl` with d = 1 and every valid team
-count d (B-SAG always, R-SAG for power-of-two d). Every rank holds its own
-seeded gradient of n values; sparse schemes start each run from a zero
-residual (reset untimed), so every repetition does the same work.
+count d (B-SAG always, R-SAG for power-of-two d), `oktopk` and
+`oktopk-exact`. Every rank holds its own seeded gradient of n values; sparse
+schemes start each run from a zero residual (reset untimed), so every
+repetition does the same work, except Ok-Topk, whose state persists across
+its calls (benchmarks/_oktopk.py: the steady threshold-reuse step after a
+warm-up of threshold_every calls; the exact-threshold step on its own row).
 
 Per scheme and emulation setting one JSON record:
     ms                 median over --reps (after one warm-up) of the slowest
@@ -202,6 +205,9 @@ def bench(topo, backend, n, args, alpha, beta, keep):
             if emulated else None,
             lower_bound_bytes=cm.sparse_lower_bound(sc.k, s, P) if sc.sparse else None,
             ratio_vs_dense=round(ms / dense_ms, 4) if dense_ms else None))
+    if keep is None or "oktopk" in keep:
+        from ._oktopk import oktopk_records
+        records += oktopk_records(ch, g, args, alpha, beta, dense_ms, _max())
     return records
 
 
