@@ -135,3 +135,14 @@ def test_oktopk_P_1_to_8_matches_serial_reference_and_cost_model():
         for kw in CASES:
             why += run_case(sub, **kw)
         assert_all(not why, "; ".join(why[:6]), comm=sub)
+
+
+@pytest.mark.parallel(nprocs=3)
+def test_oktopk_resume_is_bit_identical_across_exact_steps_and_rebalances():
+    """The registry-wide sweep resumes oktopk with its defaults (no exact step
+    or rebalance after the resume point); here short intervals put both after
+    it, and a dense warm-up before it (the counter counts sparse steps)."""
+    from test_checkpoint_mpi import resume_matches, shared_dir
+    sets = {"algo.name": "'oktopk'", "algo.momentum": 0.0, "algo.threshold_every": 3,
+            "algo.region_every": 5, "algo.warmup_dense_steps": 2, "algo.density": 0.05}
+    resume_matches(MPI.COMM_WORLD, shared_dir(), "oktopk", sets, "3")
