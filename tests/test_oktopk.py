@@ -64,3 +64,32 @@ def test_single_rank_keeps_the_top_k_and_the_rest_stays_in_the_residual():
     assert ok.channel.counters.bytes.get("train", 0.0) == 0.0
     st = ok.state_dict()
     assert st["t"][0] == 1 and st["bounds"].tolist() == [0, n]
+
+
+def test_bench_costmodel_uses_the_checked_formulas(tmp_path, capsys):
+    """`bench costmodel --no-compute`: every prediction is the cost model's
+    messages * alpha + bytes * beta (the formulas the MPI tests check the
+    counters against), and the oktopk-measured curve scales the measured
+    entries of a `bench collectives` record."""
+    from mpidsgd.bench import main
+    from mpidsgd.benchmarks.costmodel import expand_p
+    assert expand_p("8,16,...,1024") == [8, 16, 32, 64, 128, 256, 512, 1024]
+    assert expand_p("2,3,5") == [2, 3, 5]
+    rec = tmp_path / "coll.json"
+    rec.write_text('{"scheme": "oktopk", "P": 8, "n": 65536, "k": 655, '
+                   '"sent_entries": 573.125, "gathered_entries": 1310.0}\n')
+    out = tmp_path / "pred.json"
+    assert main(["costmodel", "--P", "8,16,...,64", "--n", "2^20", "--alpha", "1e-5",
+                 "--beta", "1e-9", "--no-compute", "--oktopk-json", str(rec),
+                 "--json", str(out)]) == 0
+    import json
+    recs = {(r["P"], r["scheme"]): r for r in map(json.loads, out.read_text().splitlines())}
+    n, k = 2**20, 10485
+    for P in (8, 16, 32, 64):
+        b, m = cm.spardl(n, 4, P, 0.01)
+        assert recs[(P, "spardl")]["ms"] == pytest.approx(1e3 * (m * 1e-5 + b * 1e-9))
+        b, m = cm.oktopk_bound(k, 4, P)
+        assert recs[(P, "oktopk-bound")]["ms"] == pytest.approx(1e3 * (m * 1e-5 + b * 1e-9))
+        b, m = cm.oktopk_mean(k, 4, P, sent_per_k=573.125 / (655 * 7 / 8), gathered_per_k=2.0)
+        assert recs[(P, "oktopk-measured")]["bytes"] == pytest.approx(b)
+    assert "spardl vs oktopk-bound" in capsys.readouterr().out

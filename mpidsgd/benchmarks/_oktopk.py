@@ -9,7 +9,9 @@ exact local and global thresholds (t set to a multiple of threshold_every
 that is not a rebalance step). Bytes and messages are counted over the timed
 calls only; the predicted bytes are comm/costmodel.oktopk on each call's
 actual sizes, so they equal the counted ones; `bound_bytes` is the Ok-Topk
-bound 3k(P-1)/P entries.
+bound 3k(P-1)/P entries; `sent_entries` (mean per rank) and
+`gathered_entries` (all ranks together) are the step's actual sizes, which
+`bench costmodel --oktopk-json` scales to other P.
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ def _timed_calls(ch, ok, g, out, reps, exact, mx):
         model = cm.oktopk(ch.size, g.dtype.itemsize, ch.rank, sent=L["sent"],
                           gathered=L["gathered"], rebalance=L["rebalance"])
         traffic.append((ch.counters.bytes.get(label, 0.0) - b0,
-                        ch.counters.messages.get(label, 0) - m0, model))
+                        ch.counters.messages.get(label, 0) - m0, model, L["sent"],
+                        sum(L["gathered"])))
         with ch.phase("sync"):
             times.append(float(ch.allreduce_values([dt], op=mx)[0]))
     return 1e3 * float(np.median(times)), traffic
@@ -72,7 +75,7 @@ def oktopk_records(ch, g, args, alpha, beta, dense_ms, mx):
         pb = np.mean([t[2][0] for t in traffic])
         path = max(traffic, key=lambda t: cm.alpha_beta_time(*t[2], alpha, beta))[2]
         with ch.phase("sync"):
-            tot = ch.allreduce_values([b, m, pb])
+            tot = ch.allreduce_values([b, m, pb, np.mean([t[3] for t in traffic])])
             mxb = ch.allreduce_values([b], op=mx)
             worst = ch.allreduce_values([cm.alpha_beta_time(*path, alpha, beta)], op=mx)
         emulated = alpha > 0 or beta > 0
@@ -83,6 +86,7 @@ def oktopk_records(ch, g, args, alpha, beta, dense_ms, mx):
             messages_per_rank=tot[1] / P, predicted_bytes=tot[2] / P,
             predicted_ms=round(1e3 * float(worst[0]), 3) if emulated else None,
             lower_bound_bytes=cm.sparse_lower_bound(ok.k, s, P),
-            bound_bytes=cm.oktopk_bound(ok.k, s, P)[0],
+            bound_bytes=cm.oktopk_bound(ok.k, s, P)[0], sent_entries=tot[3] / P,
+            gathered_entries=float(np.mean([t[4] for t in traffic])),
             ratio_vs_dense=round(ms / dense_ms, 4) if dense_ms else None))
     return records
