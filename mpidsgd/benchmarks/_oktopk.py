@@ -90,3 +90,43 @@ def oktopk_records(ch, g, args, alpha, beta, dense_ms, mx):
             gathered_entries=float(np.mean([t[4] for t in traffic])),
             ratio_vs_dense=round(ms / dense_ms, 4) if dense_ms else None))
     return records
+
+
+def oktopk_traffic(ch, n, args, steps):
+    """Mean bytes and messages per rank per step over `steps` consecutive
+    Ok-Topk steps from a fresh state, a new seeded gradient every step (all
+    steps: exact, reuse and rebalance), against the bound 3k(P-1)/P entries
+    and the lower bound k(P-1)/P entries. One record (scheme `oktopk-traffic`)."""
+    from ..comm import costmodel as cm
+    from ..comm.oktopk import OkTopk
+    xp = ch.backend.xp
+    ok = OkTopk(n, np.dtype(args.dtype), args.density, channel=ch)
+    rng = np.random.default_rng([2, ch.rank])
+    out = xp.empty(n, args.dtype)
+    label = ch.label
+    per_step = []
+    for _ in range(steps):
+        g = ch.backend.asarray(rng.standard_normal(n).astype(args.dtype))
+        b0, m0 = ch.counters.bytes.get(label, 0.0), ch.counters.messages.get(label, 0)
+        ok.allreduce(g, out)
+        per_step.append((ch.counters.bytes.get(label, 0.0) - b0,
+                         ch.counters.messages.get(label, 0) - m0, ok.last["exact"]))
+    reuse = [s for s in per_step if not s[2]] or per_step
+    with ch.phase("sync"):
+        tot = ch.allreduce_values([np.mean([s[0] for s in per_step]),
+                                   np.mean([s[1] for s in per_step]),
+                                   np.mean([s[0] for s in reuse])])
+    P, s = ch.size, np.dtype(args.dtype).itemsize
+    return dict(scheme="oktopk-traffic", P=P, n=n, k=ok.k, dtype=args.dtype, steps=steps,
+                density=args.density, bytes_per_rank=tot[0] / P, messages_per_rank=tot[1] / P,
+                reuse_bytes_per_rank=tot[2] / P, bound_bytes=cm.oktopk_bound(ok.k, s, P)[0],
+                lower_bound_bytes=cm.sparse_lower_bound(ok.k, s, P))
+
+
+def print_traffic(r):
+    print(f"oktopk traffic over {r['steps']} steps (P={r['P']}, n={r['n']}, k={r['k']}, "
+          f"{r['dtype']}): mean {r['bytes_per_rank'] / 1e6:.4f} MB/rank/step "
+          f"({r['bytes_per_rank'] / r['bound_bytes']:.3f} x the bound 3k(P-1)/P entries = "
+          f"{r['bound_bytes'] / 1e6:.4f} MB; {r['bytes_per_rank'] / r['lower_bound_bytes']:.2f} "
+          f"x the lower bound), {r['messages_per_rank']:.2f} messages; reuse steps only "
+          f"{r['reuse_bytes_per_rank'] / 1e6:.4f} MB")
