@@ -101,8 +101,8 @@ def region_points(sel, n, p):
     c = int(sel.size)
     if c < p:
         return np.array([i * n // p for i in range(1, p)], np.int64)
-    pos = np.arange(1, p, dtype=np.int64) * (c // p)
-    return np.asarray(sel[pos].tolist(), np.int64).reshape(p - 1)
+    pos = [i * (c // p) for i in range(1, p)]
+    return np.array([int(sel[i]) for i in pos], np.int64)
 
 
 class OkTopk:
@@ -186,7 +186,8 @@ class OkTopk:
         else:
             keep = ridx[xp.abs(rsum[ridx]) >= self.global_thr] if ridx.size else ridx
         with self._count(counted, "gather"):
-            gidx, gval, sizes = self._gather(keep + int(self.bounds[self.r]), rsum[keep])
+            gidx, gval, sizes = self._gather((keep + int(self.bounds[self.r])).astype(np.int32),
+                                             rsum[keep])
         if exact:
             self.global_thr = cast(self.dtype, kth_largest(xp.abs(gval), k, xp))
             mask = xp.abs(gval) >= self.global_thr
