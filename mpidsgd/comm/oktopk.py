@@ -159,18 +159,14 @@ class OkTopk:
         over the channel. Returns out."""
         if g.shape != (self.n,) or g.dtype != self.dtype:
             raise ValueError(f"g must have shape ({self.n},) and dtype {self.dtype}")
-        xp, k, P = self.xp, self.k, self.P
+        xp, P = self.xp, self.P
         exact = self.t % self.threshold_every == 0
         rebalance = self.t % self.region_every == 0
         counted = {}
         E = self.E
         E += g                                       # E is A = g + E_old from here on
-        absA = xp.abs(E)
         # 1. local selection
-        thr = local_threshold(absA, k, self.local_thr, exact, self.dtype, xp)
-        sel = xp.flatnonzero(above(absA, thr))
-        del absA
-        self.local_thr = nudge(thr, int(sel.size), k, 2 / 3, 5 / 4, 1.012, 1.012, self.dtype)
+        thr, sel = self._select_local(E, exact)
         # 2. regions
         with self._count(counted, "regions"):
             if rebalance and P > 1:
@@ -181,19 +177,7 @@ class OkTopk:
         with self._count(counted, "split"):
             ridx, rsum, sent = self._split_reduce(E, sel)
         # 4. global selection
-        if exact:
-            keep = ridx
-        else:
-            keep = ridx[xp.abs(rsum[ridx]) >= self.global_thr] if ridx.size else ridx
-        with self._count(counted, "gather"):
-            gidx, gval, sizes = self._gather((keep + int(self.bounds[self.r])).astype(np.int32),
-                                             rsum[keep])
-        if exact:
-            self.global_thr = cast(self.dtype, kth_largest(xp.abs(gval), k, xp))
-            mask = xp.abs(gval) >= self.global_thr
-            gidx, gval = gidx[mask], gval[mask]
-        self.global_thr = nudge(self.global_thr, int(gidx.size), k, 2 / 3, 4 / 3, 1.008, 1.008,
-                                self.dtype)
+        gidx, gval, sizes = self._select_global(ridx, rsum, exact, counted)
         # 5. residual: zero where selected locally and kept globally
         if sel.size and gidx.size:
             pos = xp.minimum(xp.searchsorted(gidx, sel), gidx.size - 1)
@@ -208,6 +192,36 @@ class OkTopk:
                          support=gidx)
         self.t += 1
         return out
+
+    def _select_local(self, A, exact):
+        """Step 1: (threshold used, ascending selected indices); the
+        threshold is nudged for the next step."""
+        xp, k = self.xp, self.k
+        absA = xp.abs(A)
+        thr = local_threshold(absA, k, self.local_thr, exact, self.dtype, xp)
+        sel = xp.flatnonzero(above(absA, thr))
+        self.local_thr = nudge(thr, int(sel.size), k, 2 / 3, 5 / 4, 1.012, 1.012, self.dtype)
+        return thr, sel
+
+    def _select_global(self, ridx, rsum, exact, counted):
+        """Step 4: (ascending global indices kept, their sums, entries each
+        rank contributed to the Allgatherv); the global threshold is set
+        (exact step) and nudged."""
+        xp, k = self.xp, self.k
+        if exact or not ridx.size:
+            keep = ridx                              # exact: every reduced entry
+        else:
+            keep = ridx[xp.abs(rsum[ridx]) >= self.global_thr]
+        with self._count(counted, "gather"):
+            gidx, gval, sizes = self._gather((keep + int(self.bounds[self.r])).astype(np.int32),
+                                             rsum[keep])
+        if exact:
+            self.global_thr = cast(self.dtype, kth_largest(xp.abs(gval), k, xp))
+            mask = xp.abs(gval) >= self.global_thr
+            gidx, gval = gidx[mask], gval[mask]
+        self.global_thr = nudge(self.global_thr, int(gidx.size), k, 2 / 3, 4 / 3, 1.008, 1.008,
+                                self.dtype)
+        return gidx, gval, sizes
 
     @contextmanager
     def _count(self, counted, phase):
