@@ -145,6 +145,15 @@ def remove_quietly(path: str):
         pass
 
 
+def try_append(fh, text: str) -> str | None:
+    """append_line, giving back the error line instead of raising (None: written)."""
+    try:
+        append_line(fh, text)
+    except DiskError as exc:
+        return str(exc)
+    return None
+
+
 def append_line(fh, text: str):
     """Append one line to an open text file, all or nothing: on an OSError
     the file is cut back to its old length and DiskError says why."""

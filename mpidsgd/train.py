@@ -23,6 +23,7 @@ one_thread_per_rank()        # before NumPy/Numba create their thread pools
 import numpy as np  # noqa: E402
 
 from . import config as C  # noqa: E402
+from .checkpoint_disk import try_append, write_summary  # noqa: E402
 
 QUICKSTART = {
     "run": {"seed": 0, "epochs": 6.0, "eval_every": 500, "out_dir": "runs/quickstart"},
@@ -67,12 +68,8 @@ class Log:
             print(text, flush=True)
 
     def record(self, **fields):
-        from .checkpoint_disk import DiskError, append_line
-        if self.fh and not self.failed:
-            try:
-                append_line(self.fh, json.dumps(fields) + "\n")
-            except DiskError as exc:     # every rank stops at the next agreement
-                self.failed = str(exc)
+        if self.fh and not self.failed:     # a failed append stops every rank (control.py)
+            self.failed = try_append(self.fh, json.dumps(fields) + "\n")
 
     def rewind(self, step):
         """Resuming at `step`: drop the records a killed run wrote after it,
@@ -279,7 +276,6 @@ def run(cfg, ctx, topo, args):
     wall = time.perf_counter() - t0
     report(log, cfg, algo, shard, channel, final, train_loss, t0, final=True)
     summary = make_summary(cfg, topo, algo, shard, channel, final, train_loss, wall, stop_reason)
-    from .checkpoint_disk import write_summary
     write_summary(topo, log, os.path.join(out, "summary.json"), summary)   # collective
     log.close()
     return summary

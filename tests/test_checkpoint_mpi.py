@@ -421,3 +421,105 @@ def test_asynchronous_checkpoints_at_agreed_quiesced_points(fake_async):
             ok = True
         ok &= ctx["algo"].quiesced == 1 and ctx["algo"].step_count < steps
         assert_all(ok, "async signal stop", comm=sub)
+
+
+# -- files that do not fit the run: another architecture, crafted values --------------
+def craft(src, dst, edit):
+    """Rank 0: copy checkpoint `src` to `dst` and apply `edit(h5file)`."""
+    import shutil
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+
+
+def set_value(name, value):
+    """An edit that stores `value` as dataset `name`, with its checksum, as
+    the writer would (kind and shape attributes from the value)."""
+    from mpidsgd.checkpoint import encode, write_array
+
+    def edit(f):
+        parent, key = name.rsplit("/", 1)
+        del f[parent][key]
+        write_array(f[parent], key, *encode(value))
+    return edit
+
+
+def set_raw(name, arr, kind):
+    """An edit that stores raw `arr` under `name` with the `kind` attribute."""
+    def edit(f):
+        parent, key = name.rsplit("/", 1)
+        del f[parent][key]
+        f[parent].create_dataset(key, data=arr, fletcher32=True).attrs["kind"] = kind
+    return edit
+
+
+def set_attr(key, value):
+    def edit(f):
+        f.attrs[key] = value
+    return edit
+
+
+def set_element(name, index, value):
+    def edit(f):
+        f[name][index] = value
+    return edit
+
+
+CRAFTED = [   # (edit, words of the one error line)
+    (set_attr("step", 2 ** 62), ["attribute step is 4611686018427387904", "< 2^53"]),
+    (set_attr("step", -3), ["attribute step is -3", ">= 0"]),
+    (set_attr("epoch", 2.0 ** 62), ["attribute epoch", "< 2^53"]),
+    (set_attr("step", np.bytes_(b"14")), ["attribute step is a str", "expected int"]),
+    (set_value("shared/step", -1), ["/shared/step is -1", ">= 0"]),
+    (set_value("ranks/0/data/epoch", np.int64(2 ** 62)), ["/ranks/0/data/epoch", "< 2^53"]),
+    (set_value("ranks/2/train/loss_n", -5), ["/ranks/2/train/loss_n is -5", ">= 0"]),
+    (set_value("ranks/2/train/loss_n", 10 ** 6), ["/ranks/2/train/loss_n", "more than the 14 steps"]),
+    (set_value("ranks/1/algo/samples", np.arange(3)), ["/ranks/1/algo/samples is an array",
+                                                       "expected int"]),
+    (set_raw("ranks/1/algo/samples", np.array([b"12"]), "int"), ["/ranks/1/algo/samples",
+                                                               "cannot hold an int"]),
+    (set_value("ranks/3/comm/train", np.zeros(3)), ["/ranks/3/comm/train has shape (3,)",
+                                                    "expected (2,)"]),
+    (set_value("ranks/3/comm/train", np.array([-1.0, 2.0])), ["/ranks/3/comm/train", ">= 0"]),
+    (set_element("shared/params", 0, np.nan), ["/shared/params holds non-finite values"]),
+    (set_value("ranks/0/train/loss_acc", float("inf")), ["/ranks/0/train/loss_acc is not finite"]),
+]
+
+
+@pytest.mark.parallel(nprocs=4)
+def test_other_architectures_crafted_values_and_unwritable_dir_exit_2(capsys):
+    base = shared_dir()
+    # model.hidden [5] and [4, 3] have the same parameter count (63) at 8 features
+    # and 3 classes, as have 8 features / 3 classes and 2 features / 8 classes
+    out = os.path.join(base, "h5")
+    train_once(COMM, out, {"model.hidden": "[5]", "checkpoint.every": EVERY,
+                           "checkpoint.keep_last": 0})
+    ck = os.path.join(out, "checkpoints", f"ckpt-{2 * EVERY}.h5")
+    capsys.readouterr()
+    expect_exit2(COMM, capsys, os.path.join(base, "x"), {"model.hidden": "[4, 3]"}, ck,
+                 ["another model", "model.hidden = [5] in the checkpoint, [4, 3] in this run"])
+    expect_exit2(COMM, capsys, os.path.join(base, "x"),
+                 {"model.hidden": "[5]", "data.n_features": 2, "data.n_classes": 8}, ck,
+                 ["another model layout", "W0(8, 5)", "in the checkpoint, W0(2, 5)"])
+    # crafted values: one line naming the field, the same on every rank (only
+    # the rank that owns /ranks/<r> sees a per-rank problem)
+    for i, (edit, words) in enumerate(CRAFTED):
+        bad = os.path.join(base, f"crafted-{i}.h5")
+        if COMM.rank == 0:
+            craft(ck, bad, edit)
+        COMM.Barrier()
+        expect_exit2(COMM, capsys, os.path.join(base, "x"), {"model.hidden": "[5]"}, bad,
+                     [bad] + words)
+    # an unwritable checkpoint.dir is found before the first step
+    blocker = os.path.join(base, "a-file")
+    if COMM.rank == 0:
+        open(blocker, "w").close()
+    COMM.Barrier()
+    ro = os.path.join(base, "ro")
+    expect_exit2(COMM, capsys, ro, {"checkpoint.every": 5, "checkpoint.dir": json.dumps(
+        os.path.join(blocker, "ck"))}, None, ["checkpoint.dir", "a-file/ck is not writable"])
+    if COMM.rank == 0:
+        ok = os.path.getsize(os.path.join(ro, "metrics.jsonl")) == 0
+    else:
+        ok = True
+    assert_all(ok, "steps were taken before the checkpoint.dir check")
