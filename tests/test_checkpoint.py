@@ -24,7 +24,8 @@ import h5py
 import numpy as np
 import pytest
 
-from mpidsgd.checkpoint import (decode, encode, info, list_checkpoints, pack, unpack, verify)
+from mpidsgd.checkpoint import (decode, encode, info, list_checkpoints, pack, step_of, unpack,
+                                verify)
 
 TINY = {"run.eval_every": 0, "run.log_every": 1, "run.progress": "false", "data.n_samples": 512,
         "data.n_test": 64, "data.n_features": 8, "data.n_classes": 3, "data.batch_size": 16,
@@ -327,3 +328,110 @@ def test_slurm_script_checkpoints_on_usr1_requeues_and_resumes(tmp_path):
     assert f"resumed from {ck[0]} at step {summary['steps']}" in r.stdout
     assert json.load(open(out / "summary.json"))["steps"] == 400
     assert (tmp_path / "log").read_text().splitlines() == log    # not requeued again
+
+
+# -- a full disk ----------------------------------------------------------------------------
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 2 MiB file system: a tmpfs, which needs root (CI runs as root);
+    skipped, saying why, where it cannot be made."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("full-disk tests mount a 2 MiB tmpfs, which needs root (CI runs as root)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a 2 MiB tmpfs: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(mnt, leave):
+    """Fill the file system at `mnt` up to `leave` bytes free."""
+    st = os.statvfs(mnt)
+    with open(mnt / "filler", "wb") as fh:
+        fh.write(b"\0" * max(st.f_bavail * st.f_frsize - leave, 0))
+
+
+NO_STATVFS = ("import sys, mpidsgd.checkpoint_manager as m; m.free_bytes = lambda p: None; "
+              "from mpidsgd.train import main; sys.exit(main(sys.argv[1:]))")
+
+
+def launch_c(out, sets, code, resume=None, n=4):
+    """launch(), with `python -c code` in place of `python -m mpidsgd.train`."""
+    items = {**TINY, "run.out_dir": json.dumps(str(out)), **sets}
+    cmd = ["mpiexec", "-n", str(n), sys.executable, "-c", code]
+    cmd += [x for k, v in items.items() for x in ("--set", f"{k}={v}")]
+    cmd += ["--resume", resume] if resume else []
+    env = dict(os.environ)
+    env.pop("_PYTEST_MPI_CHILD_PROCESS", None)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return r.returncode, r.stdout, r.stderr
+
+
+def one_error_line(err):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mpidsgd: error: "), err[-3000:]
+    return lines[0]
+
+
+def train_steps(run):
+    recs = [json.loads(ln) for ln in open(run / "metrics.jsonl")]   # every line parses
+    return [r["step"] for r in recs if r["kind"] == "train"]
+
+
+def test_full_disk_during_checkpoint_is_one_line_and_resume_continues(small_fs):
+    """4 ranks, checkpoints every 5 steps on a 2 MiB tmpfs filled up after
+    ckpt-10: the write of ckpt-15 fails (found by the free-space check, and,
+    with that check blinded, by the write itself): every rank exits 1, one
+    line names the folder and the bytes, no temporary file is left, ckpt-10
+    is untouched, and --resume auto continues from it once there is space."""
+    run = small_fs / "run"
+    ck = run / "checkpoints"
+    rc, out, err = launch(run, {"run.steps": 10, "checkpoint.every": 5}, n=4)
+    assert rc == 0, err
+    before = {p: digest(p) for p in list_checkpoints(ck)}
+    assert [os.path.basename(p) for p in before] == ["ckpt-10.h5", "ckpt-5.h5"]
+    fill(small_fs, 16 * 1024)
+    sets = {"run.steps": 30, "checkpoint.every": 5}
+    for how, (rc, out, err) in (("free-space check", launch(run, sets, resume="auto", n=4)),
+                                ("failed write", launch_c(run, sets, NO_STATVFS, resume="auto"))):
+        assert rc == 1, (how, err[-3000:])
+        line = one_error_line(err)
+        assert f"cannot write checkpoint ckpt-15.h5: no space left in {ck}" in line, (how, line)
+        assert "bytes" in line and "ckpt-10.h5" in line and "--resume auto" in line, line
+        assert sorted(os.listdir(ck)) == ["ckpt-10.h5", "ckpt-5.h5"], (how, os.listdir(ck))
+        assert {p: digest(p) for p in list_checkpoints(ck)} == before, how
+    os.remove(small_fs / "filler")
+    rc, out, err = launch(run, sets, resume="auto", n=4)
+    assert rc == 0, err
+    assert f"resumed from {ck / 'ckpt-10.h5'} at step 10" in out
+    assert json.load(open(run / "summary.json"))["steps"] == 30
+    assert train_steps(run) == list(range(1, 31))
+
+
+def test_full_disk_while_appending_metrics_stops_every_rank_cleanly(small_fs, tmp_path):
+    """metrics.jsonl on a full tmpfs, checkpoints elsewhere: the failed
+    append stops every rank (exit 1, one line naming the folder and bytes),
+    no partial record is left, no checkpoint newer than the last record is
+    written, and --resume auto gives one record per step once there is space."""
+    run, ck = small_fs / "run", tmp_path / "ck"
+    sets = {"checkpoint.every": 5, "checkpoint.dir": json.dumps(str(ck))}
+    rc, out, err = launch(run, {**sets, "run.steps": 10}, n=4)
+    assert rc == 0, err
+    fill(small_fs, 8 * 1024)
+    rc, out, err = launch(run, {**sets, "run.steps": 400}, resume="auto", n=4)
+    assert rc == 1, err[-3000:]
+    line = one_error_line(err)
+    assert f"cannot append to {run / 'metrics.jsonl'}: no space left in {run}" in line, line
+    assert "bytes" in line and "--resume auto" in line, line
+    last = train_steps(run)[-1]
+    newest = list_checkpoints(ck)[0]
+    assert 10 < last < 400 and step_of(newest) <= last, (last, newest)
+    assert all(not verify(p)[2] for p in list_checkpoints(ck))
+    os.remove(small_fs / "filler")
+    rc, out, err = launch(run, {**sets, "run.steps": last + 20}, resume="auto", n=4)
+    assert rc == 0, err
+    assert f"resumed from {newest} at step {step_of(newest)}" in out
+    assert train_steps(run) == list(range(1, last + 21))
