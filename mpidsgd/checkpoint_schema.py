@@ -165,8 +165,8 @@ def stored_problem(dtype, kind, shape_attr, size) -> str | None:
           "npscalar": "biuf", "array": "biuf"}[kind]
     if dt.kind not in ok or (kind == "str" and dt != np.uint8) or dt.fields is not None:
         return f"is stored as {dt}, which cannot hold a{'n' if kind[0] in 'aei' else ''} {kind}"
-    if kind not in ("array", "str") and size < 1:
-        return "is empty"
+    if kind not in ("array", "str") and size != 1:
+        return f"holds {size} values, a{'n' if kind[0] in 'aei' else ''} {kind} is one"
     if shape_attr is not None:
         try:
             shape = tuple(int(s) for s in np.asarray(shape_attr).reshape(-1))
@@ -186,7 +186,8 @@ def attribute_rules(cfg, algo, fmt_version: int) -> dict:
             "algorithm": Rule("str"), "synchronous": Rule("bool", equal=bool(algo.synchronous)),
             "world_size": Rule("int", lo=1, hi=2 ** 31), "step": Rule("int", lo=0, hi=COUNT_MAX),
             "epoch": Rule("float", lo=0, hi=COUNT_MAX), "model": Rule("str", equal=model.name),
-            "param_count": Rule("int", lo=0, hi=COUNT_MAX), "dtype": Rule("str")}
+            "param_count": Rule("int", lo=0, hi=COUNT_MAX),
+            "dtype": Rule("str", equal=cfg.run.dtype)}
 
 
 def layout_of(model) -> list:
@@ -251,7 +252,8 @@ def local_rules(live: dict, shard, asnumpy=np.asarray) -> dict:
         rules["data/pos"].hi = shard.steps_per_epoch
     for key in ("train/loss_acc", "train/elapsed_s"):
         if key in rules:
-            rules[key] = Rule("float", lo=0 if key.endswith("_s") else None)
+            seconds = key.endswith("_s")
+            rules[key] = Rule("float", lo=0 if seconds else None, hi=COUNT_MAX if seconds else None)
     return rules
 
 

@@ -435,3 +435,4 @@ def test_full_disk_while_appending_metrics_stops_every_rank_cleanly(small_fs, tm
     assert rc == 0, err
     assert f"resumed from {newest} at step {step_of(newest)}" in out
     assert train_steps(run) == list(range(1, last + 21))
+
