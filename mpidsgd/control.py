@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-TIME_LIMIT, SIGNAL, CHECKPOINT, LEFT, FAILED = 1, 2, 4, 8, 16
-REASONS = {1: "time_limit", 2: "signal", 16: "io_error"}
+TIME_LIMIT, SIGNAL, CHECKPOINT, LEFT = 1, 2, 4, 8
+REASONS = {1: "time_limit", 2: "signal"}
 
 
 def reason_of(flags: int):
@@ -46,6 +46,9 @@ def reason_of(flags: int):
     if flags & TIME_LIMIT:
         return "time_limit"
     return None
+
+
+FAILED = 16     # a rank could not write its outputs (a full disk): stop as "io_error"
 
 
 @dataclass
