@@ -486,23 +486,36 @@ CRAFTED = [   # (edit, words of the one error line)
 ]
 
 
-@pytest.mark.parallel(nprocs=4)
-def test_other_architectures_crafted_values_and_unwritable_dir_exit_2(capsys):
-    base = shared_dir()
-    # model.hidden [5] and [4, 3] have the same parameter count (63) at 8 features
-    # and 3 classes, as have 8 features / 3 classes and 2 features / 8 classes
+def trained_h5(base):
+    """A 4-rank run of model.hidden = [5] with checkpoints at 7 and 14."""
     out = os.path.join(base, "h5")
     train_once(COMM, out, {"model.hidden": "[5]", "checkpoint.every": EVERY,
                            "checkpoint.keep_last": 0})
-    ck = os.path.join(out, "checkpoints", f"ckpt-{2 * EVERY}.h5")
+    return os.path.join(out, "checkpoints", f"ckpt-{2 * EVERY}.h5")
+
+
+@pytest.mark.parallel(nprocs=4)
+def test_another_architecture_with_the_same_parameter_count_exits_2(capsys):
+    """model.hidden [5] and [4, 3] both have 63 parameters at 8 features and 3
+    classes, as have 8 features / 3 classes and 2 features / 8 classes: the
+    [model] section, then the layout of every view, tells them apart."""
+    base = shared_dir()
+    ck = trained_h5(base)
     capsys.readouterr()
     expect_exit2(COMM, capsys, os.path.join(base, "x"), {"model.hidden": "[4, 3]"}, ck,
                  ["another model", "model.hidden = [5] in the checkpoint, [4, 3] in this run"])
     expect_exit2(COMM, capsys, os.path.join(base, "x"),
                  {"model.hidden": "[5]", "data.n_features": 2, "data.n_classes": 8}, ck,
                  ["another model layout", "W0(8, 5)", "in the checkpoint, W0(2, 5)"])
-    # crafted values: one line naming the field, the same on every rank (only
-    # the rank that owns /ranks/<r> sees a per-rank problem)
+
+
+@pytest.mark.parallel(nprocs=4)
+def test_crafted_absurd_values_exit_2_naming_the_field(capsys):
+    """One line naming the field, the same on every rank (only the rank that
+    owns /ranks/<r> sees a per-rank problem)."""
+    base = shared_dir()
+    ck = trained_h5(base)
+    capsys.readouterr()
     for i, (edit, words) in enumerate(CRAFTED):
         bad = os.path.join(base, f"crafted-{i}.h5")
         if COMM.rank == 0:
@@ -510,16 +523,20 @@ def test_other_architectures_crafted_values_and_unwritable_dir_exit_2(capsys):
         COMM.Barrier()
         expect_exit2(COMM, capsys, os.path.join(base, "x"), {"model.hidden": "[5]"}, bad,
                      [bad] + words)
-    # an unwritable checkpoint.dir is found before the first step
+
+
+@pytest.mark.parallel(nprocs=4)
+def test_unwritable_checkpoint_dir_exits_2_before_the_first_step(capsys):
+    base = shared_dir()
     blocker = os.path.join(base, "a-file")
     if COMM.rank == 0:
         open(blocker, "w").close()
     COMM.Barrier()
-    ro = os.path.join(base, "ro")
-    expect_exit2(COMM, capsys, ro, {"checkpoint.every": 5, "checkpoint.dir": json.dumps(
+    out = os.path.join(base, "run")
+    expect_exit2(COMM, capsys, out, {"checkpoint.every": 5, "checkpoint.dir": json.dumps(
         os.path.join(blocker, "ck"))}, None, ["checkpoint.dir", "a-file/ck is not writable"])
     if COMM.rank == 0:
-        ok = os.path.getsize(os.path.join(ro, "metrics.jsonl")) == 0
+        ok = os.path.getsize(os.path.join(out, "metrics.jsonl")) == 0
     else:
         ok = True
     assert_all(ok, "steps were taken before the checkpoint.dir check")
