@@ -71,7 +71,8 @@ def no_space(folder: str, needed: int, free=None, what="checkpoint", exc=None) -
     cause = "no space left" if exc is None or exc.errno == errno.ENOSPC else \
         (exc.strerror or str(exc))
     have = f", {free:,} bytes free" if free is not None else ""
-    return f"{cause} in {folder}: the {what} needs {needed:,} bytes{have}"
+    about = "about " if what == "checkpoint" else ""      # checkpoints: an upper estimate
+    return f"{cause} in {folder}: the {what} needs {about}{needed:,} bytes{have}"
 
 
 class GuardedFile(io.RawIOBase):

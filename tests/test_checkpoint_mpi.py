@@ -10,6 +10,10 @@ communicator) and checks
   `--resume auto` continues bit-identically;
 - world-size changes: refused (exit 2) unless checkpoint.allow_reshard;
 - damaged and incompatible files: exit 2 with one line, `auto` skips damage;
+- another architecture with the same parameter count, crafted absurd values
+  (2^62 steps, negative counts, an array for a count, bytes for an integer,
+  wrong-shaped byte counters, NaN parameters) and an unwritable
+  checkpoint.dir: exit 2, one line naming the field, the same on every rank;
 - asynchronous algorithms (a fake one defined here): checkpoints only at
   agreed points after every rank quiesced, per-rank step counts restored.
 
