@@ -86,7 +86,7 @@ def rewrite(f, name, how, pick):
         new.attrs[k] = v
 
 
-@hypothesis.settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@hypothesis.settings(max_examples=120, deadline=None, derandomize=True, database=None)
 @hypothesis.given(data=st.data())
 def test_mutated_checkpoints_are_refused_cleanly_or_loaded(one_rank, data, tmp_path_factory):
     from mpidsgd.checkpoint import CheckpointError
