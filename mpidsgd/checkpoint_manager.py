@@ -20,8 +20,8 @@ from . import __version__
 from . import config as C
 from .checkpoint import (CHUNK, FORMAT, FORMAT_VERSION, TAG, AgreedError, encode, flatten,
                          fsync_path, list_checkpoints, step_of, unpack_arrays, pack, write_array)
-from .checkpoint_disk import (RESUME_HINT, GuardedFile, check_writable, estimate_bytes, free_bytes, no_space,
-                              remove_quietly)
+from .checkpoint_disk import (RESUME_HINT, GuardedFile, check_writable, estimate_bytes,
+                              free_bytes, no_space, remove_quietly)
 from .checkpoint_resume import Resume
 from .checkpoint_schema import CheckpointError, layout_of
 from .comm.channel import agree_error
@@ -170,14 +170,14 @@ class CheckpointManager(Resume):
                 if self.cfg.debug.slow_checkpoint_s > 0:    # testing aid: a write to kill
                     time.sleep(self.cfg.debug.slow_checkpoint_s)
         except Exception as exc:     # noqa: BLE001  any failure: report it, drain, clean up
-            err = no_space(self.dir, need, exc=exc) if isinstance(exc, OSError) else str(exc)
+            err = self._why(exc, need)
         for r in range(1, self.topo.size):
             h, p = self._recv(r, sizes)
             if err is None:
                 try:
                     self._write_rank(f, g, r, h, p)
                 except Exception as exc:     # noqa: BLE001
-                    err = no_space(self.dir, need, exc=exc) if isinstance(exc, OSError) else str(exc)
+                    err = self._why(exc, need)
         err = self._finish_file(f, g, tmp, path, need, err)
         if err:
             remove_quietly(tmp)
@@ -213,8 +213,14 @@ class CheckpointManager(Resume):
                 self._prune(self.algo.step_count)
                 self.last_write = {"path": path, "bytes": os.path.getsize(path)}
         except Exception as exc:     # noqa: BLE001
-            err = err or (no_space(self.dir, need, exc=exc) if isinstance(exc, OSError) else str(exc))
+            err = err or self._why(exc, need)
         return err
+
+    def _why(self, exc, need):
+        """One line for a failed write: the folder and the bytes for an OSError."""
+        if isinstance(exc, OSError):
+            return no_space(self.dir, need, exc=exc)
+        return (str(exc).splitlines() or [type(exc).__name__])[0]
 
     def _write_rank(self, f, g, r, header, payload):
         grp = f["ranks"].create_group(str(r))

@@ -96,7 +96,8 @@ def problem(value, rule: Rule) -> str | None:
     """Why `value` breaks `rule` (None when it does not)."""
     kind = kind_of(value)
     if kind != rule.kind and not (rule.kind == "float" and kind == "int"):
-        return f"is a{'n' if kind[0] in 'aeiou' else ''} {kind} ({_show(value)}), expected {rule.kind}"
+        article = "an" if kind[0] in "aeiou" else "a"
+        return f"is {article} {kind} ({_show(value)}), expected {rule.kind}"
     if kind in ("npscalar", "array"):
         dt = np.asarray(value).dtype
         if dt != np.dtype(rule.dtype):
