@@ -46,7 +46,7 @@ class Rule:
     lo: float | None = None     # every element >= lo
     hi: float | None = None     # every element < hi
     equal: object = ANY         # the exact value this run has
-    integral: bool = False      # floats that hold counts (comm messages)
+    integral: bool = False      # floats that hold whole counts (comm messages)
 
 
 def kind_of(value) -> str:
@@ -258,7 +258,8 @@ def local_rules(live: dict, shard, asnumpy=np.asarray) -> dict:
     return rules
 
 
-COUNTER = Rule("array", dtype=np.float64, shape=(2,), lo=0, hi=COUNT_MAX, integral=True)
+COUNTER = Rule("array", dtype=np.float64, shape=(2,), lo=0, hi=COUNT_MAX)   # bytes may be modelled
+MESSAGES = Rule("float", lo=0, hi=COUNT_MAX, integral=True)
 
 
 def check_local(where: str, local: dict, rules: dict, rank: int, step: int):
@@ -267,7 +268,7 @@ def check_local(where: str, local: dict, rules: dict, rank: int, step: int):
     check(state, rules, where, f"/ranks/{rank}/")
     for key, value in local.items():
         if key.startswith("comm/"):
-            why = problem(value, COUNTER)
+            why = problem(value, COUNTER) or problem(float(value[1]), MESSAGES)
             if why:
                 raise CheckpointError(f"{where}: /ranks/{rank}/{key} {why} "
                                       f"(expected [bytes, messages] sent)")
