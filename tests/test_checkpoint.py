@@ -8,6 +8,7 @@
   and exit 0; `--resume auto` finishes the run;
 - diverged parameters: a clear error, nonzero exit, the good checkpoint kept;
 - a damaged `--resume FILE`: exit 2 and one line;
+- an unwritable checkpoint.dir: exit 2 and one line before the first step;
 - a full disk (a 2 MiB tmpfs, 4 ranks) during a checkpoint or while appending
   metrics.jsonl: one line naming the folder and the bytes, exit 1 on every
   rank (no signal), no temporary file or partial record left, the newest good
@@ -270,6 +271,20 @@ def test_damaged_resume_file_exits_2_with_one_line(trained, tmp_path):
     assert rc == 2 and len(lines) == 1, err
     assert lines[0].startswith("mpidsgd: error: --resume") and "damaged" in lines[0]
 
+
+
+def test_unwritable_checkpoint_dir_exits_2_before_the_first_step(tmp_path):
+    """A file where checkpoint.dir should be: one line at start-up on 4 ranks,
+    exit 2, no step taken (before, the run trained up to its first checkpoint)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = tmp_path / "run"
+    rc, out, err = launch(run, {"run.steps": 30, "checkpoint.every": 5,
+                                "checkpoint.dir": json.dumps(str(blocker / "ck"))}, n=4)
+    assert rc == 2, err
+    line = one_error_line(err)
+    assert f"checkpoint.dir {blocker / 'ck'} is not writable" in line, line
+    assert (run / "metrics.jsonl").read_text() == ""
 
 # -- the Slurm requeue flow, with stand-ins for srun/scancel/scontrol ---------------------
 FAKE_SRUN = """#!/bin/bash
