@@ -103,14 +103,14 @@ class CheckpointManager(Resume):
         state = self.algo.state_dict()
         header, payload = pack(self.local_state(state["local"]), asnp)
         finite = bool(self.algo.xp.isfinite(self.algo.params).all())
-        lost = bool(getattr(self.log, "failed", None))    # rank 0 could not append metrics
+        # rank 0 could not append a metrics record: the records after the last
+        # good checkpoint are gone, so no newer one may be written
+        lost = agree_error(self.topo.world, getattr(self.log, "failed", None))
+        if lost:
+            raise AgreedError(f"{lost}; no newer checkpoint written; {RESUME_HINT}")
         with self.main.phase("checkpoint"), self.ch.phase("checkpoint"):
-            sizes = np.zeros((self.topo.size, 4), np.int64)
-            self.ch.Allgather(np.array([len(header), payload.size, finite, lost], np.int64), sizes)
-            if sizes[:, 3].any():
-                # records after the last good checkpoint are gone: write no newer one
-                why = getattr(self.log, "failed", None) or "rank 0 could not append metrics"
-                raise AgreedError(f"{why}; no newer checkpoint written; {RESUME_HINT}")
+            sizes = np.zeros((self.topo.size, 3), np.int64)
+            self.ch.Allgather(np.array([len(header), payload.size, finite], np.int64), sizes)
             bad = [r for r in range(self.topo.size) if not sizes[r, 2]]
             if bad:
                 raise AgreedError(

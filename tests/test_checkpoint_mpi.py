@@ -34,7 +34,7 @@ from mpi4py import MPI
 from mpidsgd import config as C, train
 from mpidsgd.algorithms import REGISTRY
 from mpidsgd.algorithms.base import Algorithm, StepInfo, register
-from mpidsgd.checkpoint import list_checkpoints, verify
+from mpidsgd.checkpoint import AgreedError, list_checkpoints, verify
 from mpidsgd.topology import Topology
 from mpiutil import assert_all, sub_comms
 
@@ -361,7 +361,7 @@ def fake_async():
 
 
 @pytest.mark.parallel(nprocs=4)
-def test_asynchronous_checkpoints_at_agreed_quiesced_points(fake_async):
+def test_asynchronous_checkpoints_at_agreed_quiesced_points(fake_async, monkeypatch):
     base = shared_dir()
     steps, every = 60, 10
     for P, sub in sub_comms([1, 4]):
@@ -425,6 +425,30 @@ def test_asynchronous_checkpoints_at_agreed_quiesced_points(fake_async):
             ok = True
         ok &= ctx["algo"].quiesced == 1 and ctx["algo"].step_count < steps
         assert_all(ok, "async signal stop", comm=sub)
+        # rank 0 cannot append its second record (ckpt-<k>'s, a full disk,
+        # simulated): every rank stops with the same error, and no checkpoint
+        # is written after ckpt-<k>
+        appended = []
+
+        def failing_append(fh, text):
+            appended.append(text)
+            return "cannot append (simulated)" if len(appended) > 1 else real_append(fh, text)
+        real_append = train.try_append
+        monkeypatch.setattr(train, "try_append", failing_append)
+        full_out = os.path.join(base, f"async-full-{P}")
+        with pytest.raises(AgreedError, match=r"^cannot append \(simulated\); no newer checkpoint"):
+            train_once(sub, full_out, sets)
+        monkeypatch.undo()
+        if sub.rank == 0:
+            files = [os.path.basename(p) for p in
+                     list_checkpoints(os.path.join(full_out, "checkpoints"))]
+            lost = json.loads(appended[-1])
+            ok = len(appended) == 2 and lost["kind"] == "checkpoint"
+            ok &= files[0] == f"ckpt-{lost['step']}.h5"
+            msg = f"{files} {appended}"
+        else:
+            ok, msg = True, ""
+        assert_all(ok, f"a checkpoint followed the lost record: {sub.bcast(msg)}", comm=sub)
 
 
 # -- files that do not fit the run: another architecture, crafted values --------------
