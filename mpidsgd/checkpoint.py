@@ -30,17 +30,16 @@ import sys
 
 import numpy as np
 
-from .config import ConfigError
+from .checkpoint_schema import CheckpointError, stored_problem
+
+__all__ = ["CheckpointError", "AgreedError", "encode", "decode", "pack", "unpack", "verify",
+           "info", "list_checkpoints", "read_group", "read_value"]
 
 FORMAT = "mpidsgd-checkpoint"
 FORMAT_VERSION = 1
 NAME = re.compile(r"^ckpt-(\d+)\.h5$")
 TAG = 0x5CE          # point-to-point tag on the checkpoint communicator
 CHUNK = 1 << 28      # bytes per message: large states go in pieces
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be used: damaged, incompatible or missing."""
 
 
 class AgreedError(RuntimeError):
@@ -77,13 +76,13 @@ def decode(arr: np.ndarray, kind: str, shape=None):
     if kind == "none":
         return None
     if kind == "bool":
-        return bool(arr[0])
+        return bool(arr.reshape(-1)[0])
     if kind == "int":
-        return int(arr[0])
+        return int(arr.reshape(-1)[0])
     if kind == "float":
-        return float(arr[0])
+        return float(arr.reshape(-1)[0])
     if kind == "str":
-        return bytes(np.asarray(arr, np.uint8)).decode()
+        return bytes(np.asarray(arr, np.uint8)).decode(errors="replace")
     if kind == "npscalar":
         return arr.reshape(-1)[0]
     if kind == "array":
@@ -145,12 +144,21 @@ def write_array(group, key, arr, kind, shape):
     return ds
 
 
+def stored_form(ds):
+    """(kind, shape) of a dataset, or a CheckpointError naming it when its
+    dtype cannot hold what its `kind` attribute says (metadata only)."""
+    kind = _attr(ds.attrs.get("kind", "array"))
+    shape = ds.attrs["shape"] if "shape" in ds.attrs else None
+    why = stored_problem(ds.dtype, kind, shape, ds.size or 0)
+    if why:
+        raise CheckpointError(f"{ds.name} {why}")
+    return kind, None if shape is None else tuple(int(s) for s in np.asarray(shape).reshape(-1))
+
+
 def read_value(ds):
     """Read a dataset (its checksum is verified by the read) and decode it."""
-    kind = ds.attrs.get("kind", "array")
-    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-    shape = ds.attrs["shape"] if "shape" in ds.attrs else None
-    return decode(ds[()], kind, None if shape is None else tuple(int(s) for s in shape))
+    kind, shape = stored_form(ds)
+    return decode(np.asarray(ds[()]), kind, shape)
 
 
 def read_group(group) -> dict:
@@ -209,10 +217,14 @@ def verify(path: str):
                     return
                 ok = True
                 try:
+                    stored_form(obj)
                     obj[()]
                     if not obj.fletcher32:
                         ok = False
                         problems.append(f"/{name}: no checksum")
+                except CheckpointError as exc:
+                    ok = False
+                    problems.append(str(exc))
                 except Exception as exc:  # h5py raises OSError for a checksum failure
                     ok = False
                     problems.append(f"/{name}: {str(exc).splitlines()[0]}")

@@ -36,12 +36,18 @@ TIME_LIMIT, SIGNAL, CHECKPOINT, LEFT = 1, 2, 4, 8
 
 
 def reason_of(flags: int):
-    """"signal" before "time_limit" when both are set; None when neither."""
+    """"io_error" (rank 0 could not write its outputs), then "signal", then
+    "time_limit"; None when none is set."""
+    if flags & FAILED:
+        return "io_error"
     if flags & SIGNAL:
         return "signal"
     if flags & TIME_LIMIT:
         return "time_limit"
     return None
+
+
+FAILED = 16     # a rank could not write its outputs (a full disk): stop as "io_error"
 
 
 @dataclass
@@ -59,8 +65,11 @@ class StopAgreement:
     """poll() -> Decision; see the module doc for the two modes."""
 
     def __init__(self, channel, time_limit_s=0.0, signals=(signal.SIGTERM, signal.SIGUSR1),
-                 collective=True):
+                 collective=True, failed=None):
+        """failed: a callable, true once this rank cannot write its outputs
+        (a full disk): every rank then stops with stop reason "io_error"."""
         self.main = channel
+        self.failed = failed or (lambda: None)
         self.synchronous = collective
         # asynchronous rounds are started at different points on different
         # ranks: a private communicator keeps them apart from the algorithm's
@@ -82,9 +91,10 @@ class StopAgreement:
         self.flag |= SIGNAL
 
     def local_flag(self) -> int:
+        flag = self.flag | (FAILED if self.failed() else 0)
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            return self.flag | TIME_LIMIT
-        return self.flag
+            return flag | TIME_LIMIT
+        return flag
 
     def _start(self, flags):
         self.buf[0] = flags
@@ -130,7 +140,7 @@ class StopAgreement:
         if self.req is not None:
             self.req.Wait()
             agreed, self.req = int(self.buf[0]), None
-        if agreed & (SIGNAL | TIME_LIMIT):
+        if agreed & (SIGNAL | TIME_LIMIT | FAILED):
             return Decision(reason_of(agreed))
         self._start(self.local_flag())
         return Decision()

@@ -23,6 +23,7 @@ one_thread_per_rank()        # before NumPy/Numba create their thread pools
 import numpy as np  # noqa: E402
 
 from . import config as C  # noqa: E402
+from .checkpoint_disk import try_append, write_summary  # noqa: E402
 
 QUICKSTART = {
     "run": {"seed": 0, "epochs": 6.0, "eval_every": 500, "out_dir": "runs/quickstart"},
@@ -57,6 +58,7 @@ class Log:
         them to its step); a fresh run starts the file anew."""
         self.root = topo.is_root
         self.fh = None
+        self.failed = None       # the one-line error of a record that could not be written
         if self.root and enabled:
             os.makedirs(out_dir, exist_ok=True)
             self.fh = open(os.path.join(out_dir, "metrics.jsonl"), "a" if append else "w")
@@ -66,9 +68,8 @@ class Log:
             print(text, flush=True)
 
     def record(self, **fields):
-        if self.fh:
-            self.fh.write(json.dumps(fields) + "\n")
-            self.fh.flush()
+        if self.fh and not self.failed:     # a failed append stops every rank (control.py)
+            self.failed = try_append(self.fh, json.dumps(fields) + "\n")
 
     def rewind(self, step):
         """Resuming at `step`: drop the records a killed run wrote after it,
@@ -197,11 +198,13 @@ def open_checkpoints(cfg, topo, ctx, log, args, force=False):
         return None
     from .checkpoint import CheckpointManager, CheckpointError
     ckpt = CheckpointManager(cfg, topo, ctx, log)
-    if args.resume:
-        try:
+    try:
+        if not force:
+            ckpt.check_dir()       # at start-up, not at the first checkpoint
+        if args.resume:
             ckpt.resume(args.resume)
-        except CheckpointError as exc:
-            fail_input(topo, str(exc))
+    except CheckpointError as exc:
+        fail_input(topo, str(exc))
     return ckpt
 
 
@@ -219,7 +222,8 @@ def run(cfg, ctx, topo, args):
     log = Log(topo, out, append=bool(getattr(args, "resume", None)))
     meter = ctx["meter"] = Meter()
     ckpt = open_checkpoints(cfg, topo, ctx, log, args)
-    stop = StopAgreement(channel, time_limit_s=cfg.run.time_limit_s, collective=algo.synchronous)
+    stop = StopAgreement(channel, time_limit_s=cfg.run.time_limit_s, collective=algo.synchronous,
+                         failed=lambda: log.failed)
     log.say(f"mpidsgd: {cfg.algo.name} on {topo.size} rank(s), model {model.name} "
             f"({model.layout.size} params), {data.n_train} training samples, "
             f"{algo.total_steps} steps")
@@ -272,9 +276,7 @@ def run(cfg, ctx, topo, args):
     wall = time.perf_counter() - t0
     report(log, cfg, algo, shard, channel, final, train_loss, t0, final=True)
     summary = make_summary(cfg, topo, algo, shard, channel, final, train_loss, wall, stop_reason)
-    if topo.is_root:
-        with open(os.path.join(out, "summary.json"), "w") as fh:
-            json.dump(summary, fh, indent=2)
+    write_summary(topo, log, os.path.join(out, "summary.json"), summary)   # collective
     log.close()
     return summary
 

@@ -10,6 +10,10 @@ communicator) and checks
   `--resume auto` continues bit-identically;
 - world-size changes: refused (exit 2) unless checkpoint.allow_reshard;
 - damaged and incompatible files: exit 2 with one line, `auto` skips damage;
+- another architecture with the same parameter count, crafted absurd values
+  (2^62 steps, negative counts, an array for a count, bytes for an integer,
+  wrong-shaped byte counters, NaN parameters): exit 2, one line naming the
+  field, the same on every rank;
 - asynchronous algorithms (a fake one defined here): checkpoints only at
   agreed points after every rank quiesced, per-rank step counts restored.
 
@@ -30,7 +34,7 @@ from mpi4py import MPI
 from mpidsgd import config as C, train
 from mpidsgd.algorithms import REGISTRY
 from mpidsgd.algorithms.base import Algorithm, StepInfo, register
-from mpidsgd.checkpoint import list_checkpoints, verify
+from mpidsgd.checkpoint import AgreedError, list_checkpoints, verify
 from mpidsgd.topology import Topology
 from mpiutil import assert_all, sub_comms
 
@@ -286,7 +290,7 @@ def test_world_size_change_damage_and_incompatible_files(capsys):
         capsys.readouterr()
         # incompatible: another model shape, another algorithm
         expect_exit2(sub, capsys, out2, {"model.hidden": "[9]", "checkpoint.allow_reshard": "true"},
-                     ck, ["shared/params", "shape"])
+                     ck, ["another model", "model.hidden = [8] in the checkpoint, [9]"])
         expect_exit2(sub, capsys, out2, {"algo.momentum": 0.0, "checkpoint.allow_reshard": "true"},
                      ck, ["missing", "momentum_buf"])
         other = next(n for n in sorted(REGISTRY) if n != "sgd" and REGISTRY[n].synchronous)
@@ -357,7 +361,7 @@ def fake_async():
 
 
 @pytest.mark.parallel(nprocs=4)
-def test_asynchronous_checkpoints_at_agreed_quiesced_points(fake_async):
+def test_asynchronous_checkpoints_at_agreed_quiesced_points(fake_async, monkeypatch):
     base = shared_dir()
     steps, every = 60, 10
     for P, sub in sub_comms([1, 4]):
@@ -421,3 +425,129 @@ def test_asynchronous_checkpoints_at_agreed_quiesced_points(fake_async):
             ok = True
         ok &= ctx["algo"].quiesced == 1 and ctx["algo"].step_count < steps
         assert_all(ok, "async signal stop", comm=sub)
+        # rank 0 cannot append its second record (ckpt-<k>'s, a full disk,
+        # simulated): every rank stops with the same error, and no checkpoint
+        # is written after ckpt-<k>
+        appended = []
+
+        def failing_append(fh, text):
+            appended.append(text)
+            return "cannot append (simulated)" if len(appended) > 1 else real_append(fh, text)
+        real_append = train.try_append
+        monkeypatch.setattr(train, "try_append", failing_append)
+        full_out = os.path.join(base, f"async-full-{P}")
+        with pytest.raises(AgreedError, match=r"^cannot append \(simulated\); no newer checkpoint"):
+            train_once(sub, full_out, sets)
+        monkeypatch.undo()
+        if sub.rank == 0:
+            files = [os.path.basename(p) for p in
+                     list_checkpoints(os.path.join(full_out, "checkpoints"))]
+            lost = json.loads(appended[-1])
+            ok = len(appended) == 2 and lost["kind"] == "checkpoint"
+            ok &= files[0] == f"ckpt-{lost['step']}.h5"
+            msg = f"{files} {appended}"
+        else:
+            ok, msg = True, ""
+        assert_all(ok, f"a checkpoint followed the lost record: {sub.bcast(msg)}", comm=sub)
+
+
+# -- files that do not fit the run: another architecture, crafted values --------------
+def craft(src, dst, edit):
+    """Rank 0: copy checkpoint `src` to `dst` and apply `edit(h5file)`."""
+    import shutil
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+
+
+def set_value(name, value):
+    """An edit that stores `value` as dataset `name`, with its checksum, as
+    the writer would (kind and shape attributes from the value)."""
+    from mpidsgd.checkpoint import encode, write_array
+
+    def edit(f):
+        parent, key = name.rsplit("/", 1)
+        del f[parent][key]
+        write_array(f[parent], key, *encode(value))
+    return edit
+
+
+def set_raw(name, arr, kind):
+    """An edit that stores raw `arr` under `name` with the `kind` attribute."""
+    def edit(f):
+        parent, key = name.rsplit("/", 1)
+        del f[parent][key]
+        f[parent].create_dataset(key, data=arr, fletcher32=True).attrs["kind"] = kind
+    return edit
+
+
+def set_attr(key, value):
+    def edit(f):
+        f.attrs[key] = value
+    return edit
+
+
+def set_element(name, index, value):
+    def edit(f):
+        f[name][index] = value
+    return edit
+
+
+CRAFTED = [   # (edit, words of the one error line)
+    (set_attr("step", 2 ** 62), ["attribute step is 4611686018427387904", "< 2^53"]),
+    (set_attr("step", -3), ["attribute step is -3", ">= 0"]),
+    (set_attr("epoch", 2.0 ** 62), ["attribute epoch", "< 2^53"]),
+    (set_attr("step", np.bytes_(b"14")), ["attribute step is a str", "expected int"]),
+    (set_value("shared/step", -1), ["/shared/step is -1", ">= 0"]),
+    (set_value("ranks/0/data/epoch", np.int64(2 ** 62)), ["/ranks/0/data/epoch", "< 2^53"]),
+    (set_value("ranks/2/train/loss_n", -5), ["/ranks/2/train/loss_n is -5", ">= 0"]),
+    (set_value("ranks/2/train/loss_n", 10 ** 6), ["/ranks/2/train/loss_n", "more than the 14 steps"]),
+    (set_value("ranks/1/algo/samples", np.arange(3)), ["/ranks/1/algo/samples is an array",
+                                                       "expected int"]),
+    (set_raw("ranks/1/algo/samples", np.array([b"12"]), "int"), ["/ranks/1/algo/samples",
+                                                               "cannot hold an int"]),
+    (set_value("ranks/3/comm/train", np.zeros(3)), ["/ranks/3/comm/train has shape (3,)",
+                                                    "expected (2,)"]),
+    (set_value("ranks/3/comm/train", np.array([-1.0, 2.0])), ["/ranks/3/comm/train", ">= 0"]),
+    (set_element("shared/params", 0, np.nan), ["/shared/params holds non-finite values"]),
+    (set_value("ranks/0/train/loss_acc", float("inf")), ["/ranks/0/train/loss_acc is not finite"]),
+]
+
+
+def trained_h5(base):
+    """A 4-rank run of model.hidden = [5] with checkpoints at 7 and 14."""
+    out = os.path.join(base, "h5")
+    train_once(COMM, out, {"model.hidden": "[5]", "checkpoint.every": EVERY,
+                           "checkpoint.keep_last": 0})
+    return os.path.join(out, "checkpoints", f"ckpt-{2 * EVERY}.h5")
+
+
+@pytest.mark.parallel(nprocs=4)
+def test_another_architecture_with_the_same_parameter_count_exits_2(capsys):
+    """model.hidden [5] and [4, 3] both have 63 parameters at 8 features and 3
+    classes, as have 8 features / 3 classes and 2 features / 8 classes: the
+    [model] section, then the layout of every view, tells them apart."""
+    base = shared_dir()
+    ck = trained_h5(base)
+    capsys.readouterr()
+    expect_exit2(COMM, capsys, os.path.join(base, "x"), {"model.hidden": "[4, 3]"}, ck,
+                 ["another model", "model.hidden = [5] in the checkpoint, [4, 3] in this run"])
+    expect_exit2(COMM, capsys, os.path.join(base, "x"),
+                 {"model.hidden": "[5]", "data.n_features": 2, "data.n_classes": 8}, ck,
+                 ["another model layout", "W0(8, 5)", "in the checkpoint, W0(2, 5)"])
+
+
+@pytest.mark.parallel(nprocs=4)
+def test_crafted_absurd_values_exit_2_naming_the_field(capsys):
+    """One line naming the field, the same on every rank (only the rank that
+    owns /ranks/<r> sees a per-rank problem)."""
+    base = shared_dir()
+    ck = trained_h5(base)
+    capsys.readouterr()
+    for i, (edit, words) in enumerate(CRAFTED):
+        bad = os.path.join(base, f"crafted-{i}.h5")
+        if COMM.rank == 0:
+            craft(ck, bad, edit)
+        COMM.Barrier()
+        expect_exit2(COMM, capsys, os.path.join(base, "x"), {"model.hidden": "[5]"}, bad,
+                     [bad] + words)
