@@ -224,6 +224,21 @@ def run(cfg, ctx, topo, args):
             f"({model.layout.size} params), {data.n_train} training samples, "
             f"{algo.total_steps} steps")
     stop_reason = None
+
+    def account(info, s, before):
+        """The running loss, and a training record every run.log_every steps."""
+        if info.loss is not None:
+            if not finite(info.loss):
+                raise FloatingPointError(
+                    f"non-finite training loss {info.loss} at step {s} on rank "
+                    f"{topo.rank}; lower algo.lr (checkpoints already written are kept)")
+            meter.add(info.loss)
+        # a server's step may apply nothing (no message yet): log only on progress
+        if s % cfg.run.log_every == 0 and meter.loss_n and s != before:
+            log.record(kind="train", step=s, epoch=shard.epoch + shard.pos / shard.steps_per_epoch,
+                       loss=meter.mean(), time_s=time.perf_counter() - meter.t0,
+                       bytes_train=channel.counters.bytes.get("train", 0.0), **algo.log_fields())
+
     while True:
         # asynchronous algorithms: checkpoints and stops happen where every
         # rank has agreed and quiesced (control.py); synchronous ones stop here
@@ -231,7 +246,9 @@ def run(cfg, ctx, topo, args):
                             want_checkpoint=ckpt is not None and ckpt.wants())
         stop_reason = verdict.stop
         if verdict and not algo.synchronous:
-            algo.quiesce()
+            # steps taken while quiescing (a server answering late gradients) are logged too
+            for s_q, info_q in algo.quiesce() or ():
+                account(info_q, s_q, s_q - 1)
             if verdict.checkpoint or stop_reason:
                 ckpt = ckpt or open_checkpoints(cfg, topo, ctx, log, args, force=True)
                 ckpt.save(final=bool(stop_reason))
@@ -241,18 +258,8 @@ def run(cfg, ctx, topo, args):
             raise RuntimeError(f"injected fault at step {algo.step_count} on rank {topo.rank}")
         before = algo.step_count
         info = algo.step(shard)
-        if info.loss is not None:
-            if not finite(info.loss):
-                raise FloatingPointError(
-                    f"non-finite training loss {info.loss} at step {algo.step_count} on rank "
-                    f"{topo.rank}; lower algo.lr (checkpoints already written are kept)")
-            meter.add(info.loss)
         s = algo.step_count
-        # a server's step may apply nothing (no message yet): log only on progress
-        if s % cfg.run.log_every == 0 and meter.loss_n and s != before:
-            log.record(kind="train", step=s, epoch=shard.epoch + shard.pos / shard.steps_per_epoch,
-                       loss=meter.mean(), time_s=time.perf_counter() - meter.t0,
-                       bytes_train=channel.counters.bytes.get("train", 0.0), **algo.log_fields())
+        account(info, s, before)
         if cfg.run.eval_every and s % cfg.run.eval_every == 0 and algo.synchronous:
             last = evaluate(model, algo.consensus_params(), data.test_X, data.test_y,
                             channel=channel, task=data.task)

@@ -174,10 +174,13 @@ class ServerAlgorithm(Algorithm):
     def quiesce(self):
         """Collective: afterwards no push, read, reply or command is in
         flight, and every rank holds the server's state (shared checkpoint
-        part)."""
+        part). Returns the updates the server applied on the way (late
+        gradients of leaders that had not yet seen the verdict)."""
+        took = []
         if self.is_server:
             while self.markers < self.G:
-                self.server.poll(self._handle, block=True)
+                if self.server.poll(self._handle, block=True)[0] == "push":
+                    took.append((self.step_count, StepInfo(loss=self.last_loss)))
             self.markers = 0
             self.server.complete()
         elif self.leader:
@@ -185,11 +188,12 @@ class ServerAlgorithm(Algorithm):
             self.client.quiesce()
         elif not self.quiesce_pending:
             while self._command(GO):       # serve the leader's steps until it quiesces
-                self.work(self.shard)
+                took.append((self.step_count + 1, self.work(self.shard)))
         self.quiesce_pending = False
         self.channel.Barrier()
         with self.channel.phase("checkpoint"):
             self._share()
+        return took
 
     def _share(self):
         """Every rank gets the server's (parameters, version)."""
