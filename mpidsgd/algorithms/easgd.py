@@ -59,6 +59,7 @@ class EASGD(ServerAlgorithm):
             self.opt = self.make_optimizer()
             self.centre_read = self.xp.zeros(d, dt)
             self.sent_sum = np.zeros(d, np.float64)     # Σ e this worker sent (float64)
+            self.samples_sent = 0                        # samples reported with the pushes
 
     def done(self) -> bool:
         if self.is_server:
@@ -104,7 +105,8 @@ class EASGD(ServerAlgorithm):
         e = f(self.alpha) * (self.params - self.centre_read)
         self.params -= e
         c.out.payload[...] = self.backend.asnumpy(e)
-        c.out.set_header(version=version)
+        c.out.set_header(version=version, samples=self.samples - self.samples_sent)
+        self.samples_sent = self.samples
         c.push(want_reply=False)
         self.sent_sum += c.out.payload
         self.exchanges += 1
@@ -132,6 +134,7 @@ class EASGD(ServerAlgorithm):
             local["centre_start"] = self.centre_start
         else:
             local["sent_sum"] = self.sent_sum
+            local["samples_sent"] = self.samples_sent
             local.update({f"opt_{k}": v for k, v in self.opt.state_dict().items()})
         return {"shared": self.shared_state(), "local": local}
 
@@ -149,6 +152,7 @@ class EASGD(ServerAlgorithm):
             self.centre_start[...] = np.asarray(lo["centre_start"])
         else:
             self.sent_sum[...] = np.asarray(lo["sent_sum"])
+            self.samples_sent = int(lo["samples_sent"])
             self.opt.load_state_dict({k[4:]: v for k, v in lo.items() if k.startswith("opt_")})
 
     def plan(self, shard):

@@ -115,6 +115,7 @@ class ServerAlgorithm(Algorithm):
         self.stale = Staleness(staleness_bins(self.G))
         self.consensus = None
         self.last_loss = None
+        self.served = 0                    # server: samples behind the pushes it received
         self.stats = {}
 
     # -- one step -----------------------------------------------------------------------
@@ -153,7 +154,8 @@ class ServerAlgorithm(Algorithm):
     def _handle(self, kind, src, buf):
         if kind == "push":
             self.from_rank[src] += 1
-            version, loss, _, _ = self.server.header(buf)
+            version, loss, samples, _ = self.server.header(buf)
+            self.served += samples
             self.stale.add(self.version - version)
             self.last_loss = loss
             return self.serve_push(src, buf[:self.params.size], version)
@@ -250,6 +252,9 @@ class ServerAlgorithm(Algorithm):
     def summary(self):
         return dict(self.stats)
 
+    def progress_samples(self):
+        return self.served if self.is_server else super().progress_samples()
+
     def log_fields(self):
         return self.stale.stats() if self.is_server else {}
 
@@ -258,7 +263,7 @@ class ServerAlgorithm(Algorithm):
         local = {"step": self.step_count, "samples": self.samples, "version": self.version,
                  "finished": int(self.finished), "byes": self.byes,
                  "from_rank": self.from_rank, "stale_hist": self.stale.hist,
-                 "stale_total": self.stale.total}
+                 "stale_total": self.stale.total, "served": self.served}
         if self.client is not None:
             local.update(sent=self.client.sent, received=self.client.received,
                          pushes=self.client.pushes)
@@ -273,6 +278,7 @@ class ServerAlgorithm(Algorithm):
         self.from_rank[...] = np.asarray(lo["from_rank"])
         self.stale.hist[...] = np.asarray(lo["stale_hist"])
         self.stale.total = int(lo["stale_total"])
+        self.served = int(lo["served"])
         end = self.client or self.server
         if end is not None:
             end.sent, end.received = int(lo["sent"]), int(lo["received"])
