@@ -33,6 +33,8 @@ setup(
         "gpu": ["cupy-cuda12x", "numba-cuda[cu12]"],
         "gpu-cuda13": ["cupy-cuda13x", "numba-cuda[cu13]"],
         "plot": ["matplotlib"],
+        # PyTorch models (model.name = "torch"): unpinned, so a CUDA user keeps their own build
+        "torch": ["torch"],
         "test": ["pytest>=7", "mpi-pytest>=2025.0", "pytest-timeout", "matplotlib"],
     },
     entry_points={"console_scripts": ["mpidsgd-train=mpidsgd.train:main"]},

@@ -59,6 +59,7 @@ class CheckpointManager:
     # -- state ------------------------------------------------------------------------
     def local_state(self, algo_local) -> dict:
         out = {f"algo/{k}": v for k, v in flatten(algo_local).items()}
+        out.update({f"model/{k}": v for k, v in self.algo.model.state_dict().items()})
         out.update({f"data/{k}": v for k, v in self.shard.state_dict().items()})
         out.update({f"comm/{p}": np.array(v, np.float64)
                     for p, v in self.main.counters.state().items()})
@@ -335,12 +336,14 @@ class CheckpointManager:
             self.log.say(
                 f"mpidsgd: warning: checkpoint written by {meta['saved_world_size']} ranks, "
                 f"resuming on {self.topo.size} (checkpoint.allow_reshard): shared state restored, "
-                f"per-rank state (algorithm residuals/local state, byte counters, running loss) "
+                f"per-rank state (algorithm residuals/local state, model buffers, byte counters, running loss) "
                 f"reset; data resumes in epoch {self.shard.epoch} at the same fraction of the epoch")
             return
         algo_local = sub(local, "algo")
         check_like(flatten(algo.state_dict()["local"]), algo_local, "local")
+        check_like(algo.model.state_dict(), sub(local, "model"), "model")
         algo.load_state_dict({"shared": unflatten(shared), "local": unflatten(algo_local)})
+        algo.model.load_state_dict(sub(local, "model"))     # e.g. BatchNorm statistics
         self.shard.load_state_dict(sub(local, "data"))
         self.main.counters.load({p: list(v) for p, v in sub(local, "comm").items()})
         if self.meter is not None:
