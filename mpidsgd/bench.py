@@ -1,6 +1,7 @@
-"""`python -m mpidsgd.bench kernels|collectives|train`: speed measurements.
+"""`python -m mpidsgd.bench kernels|collectives|train|torch`: speed measurements.
 
-Each subcommand lives in mpidsgd/benchmarks/<name>.py and exposes
+Each subcommand lives in mpidsgd/benchmarks/<name>.py (torch: torch_ddp.py,
+so that no module is named like the package it measures) and exposes
 `register(subparsers)`, which adds its parser with `set_defaults(func=run)`.
 """
 import argparse
@@ -13,17 +14,19 @@ from mpidsgd.threads import POOLS, one_thread_per_rank
 # process that measures 1..all Numba threads itself
 one_thread_per_rank(POOLS[:-1] if sys.argv[1:2] == ["kernels"] else POOLS)
 
-SUBCOMMANDS = ("kernels", "collectives", "train")
+SUBCOMMANDS = ("kernels", "collectives", "train", "torch")
+MODULES = {"torch": "torch_ddp"}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mpidsgd.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
+        modname = f"mpidsgd.benchmarks.{MODULES.get(name, name)}"
         try:
-            mod = importlib.import_module(f"mpidsgd.benchmarks.{name}")
+            mod = importlib.import_module(modname)
         except ModuleNotFoundError as exc:
-            if exc.name != f"mpidsgd.benchmarks.{name}":
+            if exc.name != modname:
                 raise
             continue
         mod.register(sub)
