@@ -29,20 +29,44 @@ def register(sub):
     p.add_argument("--ranks", default="1,2,4", help="comma-separated world sizes")
     p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
     p.add_argument("--methods", help="comma-separated subset (default: all)")
-    p.add_argument("--samples", type=int, default=65536, help="training samples per run, all ranks")
+    p.add_argument("--samples", type=int, default=0,
+                   help="training samples per run, all ranks (0: one epoch: mlp 65536, cnn 16384)")
     p.add_argument("--warmup", type=int, default=10, help="untimed first steps per run")
     p.add_argument("--examples", default=str(Path(__file__).resolve().parents[2] / "examples"),
                    help="folder holding torch_models.py")
+    p.add_argument("--out", default="runs/bench-torch", help="folder for the CNN's image files")
     p.add_argument("--json", help="write the records here")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per mpiexec job")
     p.set_defaults(func=run)
+
+
+def write_images(prefix, n_train=16384, n_test=4096, seed=0):
+    """28x28 images of 10 classes for the CNN: each class a fixed template of
+    three Gaussian bumps; a sample shifts it by up to 3 pixels, scales it and
+    adds noise. PREFIX-train.npz and PREFIX-test.npz (X: (n, 28, 28), y)."""
+    import numpy as np
+    rng = np.random.default_rng([seed, 0x1A6E])
+    grid = np.arange(28.0)
+    centres = rng.uniform(6, 22, size=(10, 3, 2))
+    templates = np.zeros((10, 28, 28))
+    for c in range(10):
+        for cy, cx in centres[c]:
+            templates[c] += np.exp(-((grid[:, None] - cy) ** 2 + (grid[None, :] - cx) ** 2) / 8.0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = rng.integers(0, 10, n)
+        X = np.empty((n, 28, 28), np.float32)
+        for i in range(n):
+            dy, dx = rng.integers(-3, 4, 2)
+            X[i] = np.roll(templates[y[i]], (dy, dx), axis=(0, 1)) * rng.uniform(0.7, 1.3)
+        X += rng.normal(0.0, 0.3, X.shape).astype(np.float32)
+        np.savez(f"{prefix}-{split}.npz", X=X, y=y)
 
 
 def launch(args, model, P):
     """One mpiexec job: its JSON records."""
     cmd = ["mpiexec", "-n", str(P), sys.executable, "-m", "mpidsgd.benchmarks.torch_worker",
            "--model", model, "--samples", str(args.samples), "--warmup", str(args.warmup),
-           "--examples", args.examples]
+           "--examples", args.examples, "--images", args.images]
     if args.methods:
         cmd += ["--methods", args.methods]
     env = dict(os.environ, MPIEXEC_TIMEOUT=str(int(args.timeout)))
@@ -76,6 +100,10 @@ def run(args):
               file=sys.stderr)
         return 2
     records = []
+    os.makedirs(args.out, exist_ok=True)
+    args.images = os.path.abspath(os.path.join(args.out, "images"))
+    if "cnn" in args.models.split(","):
+        write_images(args.images)
     for model in args.models.split(","):
         for P in (int(x) for x in args.ranks.split(",")):
             got = launch(args, model, P)

@@ -33,9 +33,9 @@ from mpidsgd.evaluate import evaluate  # noqa: E402
 from mpidsgd.topology import Topology  # noqa: E402
 
 COMM = MPI.COMM_WORLD
-MODELS = {   # name: (factory, data features, built-in twin or None)
-    "mlp": ("torch_models:mlp", 64, {"name": "mlp", "hidden": [256, 256]}),
-    "cnn": ("torch_models:cnn", 784, None),
+MODELS = {   # name: (factory, built-in twin or None)
+    "mlp": ("torch_models:mlp", {"name": "mlp", "hidden": [256, 256]}),
+    "cnn": ("torch_models:cnn", None),
 }
 MPIDSGD = {"sgd": {"name": "sgd"}, "spardl": {"name": "spardl", "density": 0.01},
            "palsgd": {"name": "palsgd"}}
@@ -44,12 +44,17 @@ DDP = ("ddp", "ddp-fp16", "ddp-powersgd-1", "ddp-powersgd-4")
 
 def job(args, model, algo):
     """The shared run config; `model` and `algo` are the [model] and [algo] tables."""
-    factory, feats, _ = MODELS[args.model]
-    steps = args.samples // (args.batch * COMM.size)
+    samples = args.samples or (65536 if args.model == "mlp" else 16384)    # one epoch
+    steps = samples // (args.batch * COMM.size)
+    if args.model == "mlp":     # the quickstart's data
+        data = {"name": "synthetic", "n_samples": 65536, "n_test": 8192, "n_features": 64,
+                "n_classes": 10}
+    else:                       # 28x28 images written by the driver
+        data = {"name": "file", "path": args.images + "-train.npz",
+                "test_path": args.images + "-test.npz"}
     return C.from_dict({
         "run": {"seed": args.seed, "steps": steps, "eval_every": 0, "progress": False},
-        "data": {"name": "synthetic", "n_samples": args.n_samples, "n_test": 8192,
-                 "n_features": feats, "n_classes": 10, "batch_size": args.batch},
+        "data": {**data, "batch_size": args.batch},
         "model": model, "algo": {"lr": args.lr, "momentum": 0.9, **algo}})
 
 
@@ -118,14 +123,14 @@ class AllreduceCounter:
         self.dist.all_reduce = self.orig
 
 
-def ddp_module(args, kind):
+def ddp_module(args, kind, shape):
     """(DDP-wrapped module, optimizer, counter or None) for one DDP variant."""
     import torch
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
     from torch.nn.parallel import DistributedDataParallel
     from mpidsgd.models.torch_adapter import load_factory
     torch.manual_seed(args.seed)             # the adapter's initial values
-    module = load_factory(MODELS[args.model][0], args.examples)((MODELS[args.model][1],), 10)
+    module = load_factory(MODELS[args.model][0], args.examples)(shape, 10)
     ddp = DistributedDataParallel(module)
     counter = None
     if kind == "ddp-fp16":
@@ -149,7 +154,7 @@ def run_ddp(args, kind):
     from mpidsgd.data import load_data
     cfg = job(args, torch_table(args), {"name": "sgd"})
     data = load_data(cfg, Channel(COMM, backend=Backend()), Backend())
-    ddp, opt, counter = ddp_module(args, kind)
+    ddp, opt, counter = ddp_module(args, kind, tuple(data.input_shape))
     steps, shard = cfg.run.steps, data.train
 
     def step():
@@ -176,8 +181,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mpidsgd.benchmarks.torch_worker")
     p.add_argument("--model", choices=sorted(MODELS), default="mlp")
     p.add_argument("--methods", default=",".join(["builtin-sgd", *MPIDSGD, *DDP]))
-    p.add_argument("--samples", type=int, default=65536, help="training samples, all ranks")
-    p.add_argument("--n-samples", type=int, default=65536, help="training set size")
+    p.add_argument("--samples", type=int, default=0, help="training samples, all ranks (0: one epoch)")
+    p.add_argument("--images", default="", help="cnn: the image files' prefix (PREFIX-train.npz)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
@@ -189,7 +194,7 @@ def main(argv=None):
     gloo = False
     for method in args.methods.split(","):
         if method == "builtin-sgd":
-            twin = MODELS[args.model][2]
+            twin = MODELS[args.model][1]
             if twin is None:
                 continue
             res = run_mpidsgd(args, twin, MPIDSGD["sgd"])
