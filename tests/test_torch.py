@@ -93,3 +93,19 @@ def test_torch_mlp_follows_the_builtin_mlp_trajectory(algo):
         assert worst <= 1e-10, (t, worst)
     # the run moved the parameters far beyond the tolerance
     assert np.abs(b.params - b.model._home).max() > 1e-2
+
+
+def test_the_example_job_trains_its_cnn(tmp_path):
+    from mpidsgd.benchmarks.torch_ddp import write_images
+    root = os.path.dirname(HERE)
+    write_images(str(tmp_path / "img"), n_train=256, n_test=64)
+    cfg = C.load(os.path.join(root, "jobs", "torch_cnn.toml"), [
+        f'data.path="{tmp_path}/img-train.npz"', f'data.test_path="{tmp_path}/img-test.npz"',
+        f'model.path="{root}/examples"', "run.steps=4", f'run.out_dir="{tmp_path}/out"'])
+    ctx = build(cfg, Topology())
+    algo, model = ctx["algo"], ctx["model"]
+    assert model.input_shape == (1, 28, 28) and model.state is not None
+    before = model.state.copy()
+    while not algo.done():
+        assert np.isfinite(algo.step(ctx["data"].train).loss)
+    assert not np.array_equal(model.state, before)      # BatchNorm statistics moved
