@@ -109,3 +109,16 @@ def test_the_example_job_trains_its_cnn(tmp_path):
     while not algo.done():
         assert np.isfinite(algo.step(ctx["data"].train).loss)
     assert not np.array_equal(model.state, before)      # BatchNorm statistics moved
+
+
+def test_the_core_never_imports_torch_for_builtin_models():
+    import subprocess
+    import sys
+    code = ("import sys\nfrom mpidsgd import bench, config as C\nfrom mpidsgd.train import build\n"
+            "from mpidsgd.topology import Topology\n"
+            "ctx = build(C.from_dict({'run': {'steps': 2}, 'data': {'n_samples': 256, 'n_test': 32}}),"
+            " Topology())\nctx['algo'].step(ctx['data'].train)\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
