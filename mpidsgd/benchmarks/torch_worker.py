@@ -30,6 +30,7 @@ from mpi4py import MPI  # noqa: E402
 from mpidsgd import config as C  # noqa: E402
 from mpidsgd.comm import costmodel as cm  # noqa: E402
 from mpidsgd.evaluate import evaluate  # noqa: E402
+from mpidsgd.optim import schedule_from  # noqa: E402
 from mpidsgd.topology import Topology  # noqa: E402
 
 COMM = MPI.COMM_WORLD
@@ -37,8 +38,9 @@ MODELS = {   # name: (factory, built-in twin or None)
     "mlp": ("torch_models:mlp", {"name": "mlp", "hidden": [256, 256]}),
     "cnn": ("torch_models:cnn", None),
 }
+PALSGD_P = 0.1
 MPIDSGD = {"sgd": {"name": "sgd"}, "spardl": {"name": "spardl", "density": 0.01},
-           "palsgd": {"name": "palsgd"}}
+           "palsgd": {"name": "palsgd", "p": PALSGD_P}}
 DDP = ("ddp", "ddp-fp16", "ddp-powersgd-1", "ddp-powersgd-4")
 
 
@@ -46,6 +48,8 @@ def job(args, model, algo):
     """The shared run config; `model` and `algo` are the [model] and [algo] tables."""
     samples = args.samples or (65536 if args.model == "mlp" else 16384)    # one epoch
     steps = samples // (args.batch * COMM.size)
+    if algo.get("name") == "palsgd":   # mixing steps take no batch: the same samples
+        steps = round(steps / (1 - PALSGD_P))
     if args.model == "mlp":     # the quickstart's data
         data = {"name": "synthetic", "n_samples": 65536, "n_test": 8192, "n_features": 64,
                 "n_classes": 10}
@@ -55,7 +59,7 @@ def job(args, model, algo):
     return C.from_dict({
         "run": {"seed": args.seed, "steps": steps, "eval_every": 0, "progress": False},
         "data": {**data, "batch_size": args.batch},
-        "model": model, "algo": {"lr": args.lr, "momentum": 0.9, **algo}})
+        "model": model, "algo": {"lr": args.lr, "momentum": 0.9, "schedule": "cosine", **algo}})
 
 
 def torch_table(args):
@@ -89,7 +93,7 @@ def run_mpidsgd(args, model_table, algo):
     acc = evaluate(ctx["model"], a.consensus_params(), data.test_X, data.test_y,
                    channel=ch, task=data.task)["test_accuracy"]
     nbytes = mean_over_ranks(ch.counters.bytes.get("train", 0.0)) / a.total_steps
-    return a.total_steps, dt, nbytes, acc
+    return a.total_steps, dt, nbytes, acc, COMM.allreduce(a.samples)
 
 
 # -- PyTorch DDP ---------------------------------------------------------------------
@@ -156,12 +160,16 @@ def run_ddp(args, kind):
     data = load_data(cfg, Channel(COMM, backend=Backend()), Backend())
     ddp, opt, counter = ddp_module(args, kind, tuple(data.input_shape))
     steps, shard = cfg.run.steps, data.train
+    # mpidsgd's cosine schedule, value for value
+    lr_at = schedule_from(cfg.algo, steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_at(t) / args.lr)
 
     def step():
         X, y, _ = shard.next_batch()
         opt.zero_grad()
         F.cross_entropy(ddp(torch.from_numpy(X)), torch.from_numpy(y)).backward()
         opt.step()
+        sched.step()
     ddp.train()
     dt = timed(step, steps, args.warmup)
     if counter is not None:
@@ -174,7 +182,7 @@ def run_ddp(args, kind):
     with torch.no_grad():
         pred = ddp.module(torch.from_numpy(data.test_X)).argmax(1).numpy()
     acc = COMM.allreduce(float((pred == data.test_y).sum())) / COMM.allreduce(len(data.test_y))
-    return steps, dt, nbytes, acc
+    return steps, dt, nbytes, acc, steps * args.batch * COMM.size
 
 
 def main(argv=None):
@@ -205,11 +213,11 @@ def main(argv=None):
                 init_gloo()
                 gloo = True
             res = run_ddp(args, method)
-        steps, dt, nbytes, acc = res
-        timed_samples = (steps - args.warmup) * args.batch * COMM.size
+        steps, dt, nbytes, acc, samples = res
+        timed_samples = samples * (steps - args.warmup) / steps
         if COMM.rank == 0:
             print(json.dumps({"model": args.model, "ranks": COMM.size, "method": method,
-                              "steps": steps, "samples": steps * args.batch * COMM.size,
+                              "steps": steps, "samples": samples,
                               "step_ms": 1e3 * dt / (steps - args.warmup),
                               "samples_per_s": timed_samples / dt,
                               "bytes_per_rank_per_step": nbytes, "test_accuracy": acc}),
