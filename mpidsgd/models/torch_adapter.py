@@ -88,30 +88,13 @@ class TorchModel(Model):
 
     # -- construction -----------------------------------------------------------------
     def _build(self):
-        if self.loss_name not in LOSSES:
-            raise ConfigError(f"model.loss must be one of {' | '.join(LOSSES)}, got {self.loss_name!r}")
-        self.task = LOSSES[self.loss_name]
-        if self.task_expected is not None and self.task_expected != self.task:
-            raise ConfigError(f"model.loss = {self.loss_name!r} does not fit the data task "
-                              f"{self.task_expected!r}; use "
-                              + " or ".join(repr(k) for k, t in LOSSES.items() if t == self.task_expected))
+        self._check_loss()
         torch = self.torch = import_torch()
-        module = self._make_module(torch)
-        self.module = module
+        module = self.module = self._make_module(torch)
         self.device = self._device(torch)
         module.to(device=self.device, dtype={"float32": torch.float32,
                                              "float64": torch.float64}[self.dtype.name])
-        named = list(module.named_parameters())
-        for name, p in named:
-            self.layout.add(name, tuple(p.shape))
-        self._params = [p for _, p in named]
-        # the factory's initial values, in layout order (what init hands out)
-        self._home = self.zeros()
-        home = self._as_torch(self._home)
-        with torch.no_grad():
-            for (name, p) in named:
-                sl = self.layout.slice(name)
-                home[sl.start:sl.stop].copy_(p.detach().reshape(-1))
+        self._build_layout(module)
         self._pviews, self._gviews = OrderedDict(), OrderedDict()
         self._bound = self._bound_grad = None
         self._training = None
@@ -119,6 +102,29 @@ class TorchModel(Model):
         self._loss_fn = (torch.nn.functional.cross_entropy if self.loss_name == "cross_entropy"
                          else self._mse)
         self._bind(self._home)
+
+    def _check_loss(self):
+        """model.loss is known and fits the data task."""
+        if self.loss_name not in LOSSES:
+            raise ConfigError(f"model.loss must be one of {' | '.join(LOSSES)}, got {self.loss_name!r}")
+        self.task = LOSSES[self.loss_name]
+        if self.task_expected is not None and self.task_expected != self.task:
+            fits = " or ".join(repr(k) for k, t in LOSSES.items() if t == self.task_expected)
+            raise ConfigError(f"model.loss = {self.loss_name!r} does not fit the data task "
+                              f"{self.task_expected!r}; use {fits}")
+
+    def _build_layout(self, module):
+        """Layout in named_parameters order; `_home` keeps the factory's values."""
+        named = list(module.named_parameters())
+        for name, p in named:
+            self.layout.add(name, tuple(p.shape))
+        self._params = [p for _, p in named]
+        self._home = self.zeros()
+        home = self._as_torch(self._home)
+        with self.torch.no_grad():
+            for name, p in named:
+                sl = self.layout.slice(name)
+                home[sl.start:sl.stop].copy_(p.detach().reshape(-1))
 
     def _make_module(self, torch):
         spec = self.factory
