@@ -32,6 +32,8 @@ def register(sub):
     p.add_argument("--samples", type=int, default=0,
                    help="training samples per run, all ranks (0: one epoch: mlp 65536, cnn 16384)")
     p.add_argument("--warmup", type=int, default=10, help="untimed first steps per run")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs per method, round-robin; the fastest is reported (noisy machines)")
     p.add_argument("--examples", default=str(Path(__file__).resolve().parents[2] / "examples"),
                    help="folder holding torch_models.py")
     p.add_argument("--out", default="runs/bench-torch", help="folder for the CNN's image files")
@@ -66,6 +68,7 @@ def launch(args, model, P):
     """One mpiexec job: its JSON records."""
     cmd = ["mpiexec", "-n", str(P), sys.executable, "-m", "mpidsgd.benchmarks.torch_worker",
            "--model", model, "--samples", str(args.samples), "--warmup", str(args.warmup),
+           "--repeat", str(args.repeat),
            "--examples", args.examples, "--images", args.images]
     if args.methods:
         cmd += ["--methods", args.methods]
