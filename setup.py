@@ -36,6 +36,8 @@ setup(
         "plot": ["matplotlib"],
         # the documentation site: mkdocs build --strict (mkdocs.yml)
         "docs": ["mkdocs>=1.6", "pymdown-extensions>=10"],
+        # PyTorch models (model.name = "torch"): unpinned, so a CUDA user keeps their own build
+        "torch": ["torch"],
         "test": ["pytest>=7", "mpi-pytest>=2025.0", "pytest-timeout", "matplotlib", "hypothesis"],
     },
     entry_points={"console_scripts": ["mpidsgd-train=mpidsgd.train:main"]},

@@ -1,7 +1,8 @@
-"""`python -m mpidsgd.bench kernels|collectives|train|costmodel`: speed
+"""`python -m mpidsgd.bench kernels|collectives|train|costmodel|torch`: speed
 measurements, and predictions beyond this machine (costmodel).
 
-Each subcommand lives in mpidsgd/benchmarks/<name>.py and exposes
+Each subcommand lives in mpidsgd/benchmarks/<name>.py (torch: torch_ddp.py,
+so that no module is named like the package it measures) and exposes
 `register(subparsers)`, which adds its parser with `set_defaults(func=run)`.
 """
 import argparse
@@ -14,17 +15,19 @@ from mpidsgd.threads import POOLS, one_thread_per_rank
 # process that measures 1..all Numba threads itself
 one_thread_per_rank(POOLS[:-1] if sys.argv[1:2] == ["kernels"] else POOLS)
 
-SUBCOMMANDS = ("kernels", "collectives", "train", "costmodel")
+SUBCOMMANDS = ("kernels", "collectives", "train", "costmodel", "torch")
+MODULES = {"torch": "torch_ddp"}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mpidsgd.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
+        modname = f"mpidsgd.benchmarks.{MODULES.get(name, name)}"
         try:
-            mod = importlib.import_module(f"mpidsgd.benchmarks.{name}")
+            mod = importlib.import_module(modname)
         except ModuleNotFoundError as exc:
-            if exc.name != f"mpidsgd.benchmarks.{name}":
+            if exc.name != modname:
                 raise
             continue
         mod.register(sub)

@@ -75,6 +75,7 @@ class CheckpointManager(Resume):
     # -- state ------------------------------------------------------------------------
     def local_state(self, algo_local) -> dict:
         out = {f"algo/{k}": v for k, v in flatten(algo_local).items()}
+        out.update({f"model/{k}": v for k, v in self.algo.model.state_dict().items()})
         out.update({f"data/{k}": v for k, v in self.shard.state_dict().items()})
         out.update({f"comm/{p}": np.array(v, np.float64)
                     for p, v in self.main.counters.state().items()})

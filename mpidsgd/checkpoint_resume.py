@@ -199,10 +199,11 @@ class Resume:
             self.log.say(
                 f"mpidsgd: warning: checkpoint written by {meta['saved_world_size']} ranks, "
                 f"resuming on {self.topo.size} (checkpoint.allow_reshard): shared state restored, "
-                f"per-rank state (algorithm residuals/local state, byte counters, running loss) "
+                f"per-rank state (algorithm residuals/local state, model buffers, byte counters, running loss) "
                 f"reset; data resumes in epoch {self.shard.epoch} at the same fraction of the epoch")
             return
         algo.load_state_dict({"shared": unflatten(shared), "local": unflatten(sub(local, "algo"))})
+        algo.model.load_state_dict(sub(local, "model"))     # e.g. BatchNorm statistics
         self.shard.load_state_dict(sub(local, "data"))
         self.main.counters.load({p: list(v) for p, v in sub(local, "comm").items()})
         if self.meter is not None:

@@ -88,15 +88,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = doc("mlp", "ridge | logreg | softmax | mlp | cnn")
+    name: str = doc("mlp", "ridge | logreg | softmax | mlp | cnn | torch (a PyTorch module, docs/torch.md)")
     hidden: list = doc([128], "mlp hidden layer widths", item=int)
     channels: list = doc([8, 16], "cnn channels of the two conv blocks", item=int)
     kernel: int = doc(3, "cnn convolution kernel size")
     l2: float = doc(0.0, "L2 regularisation strength (part of the loss)")
+    factory: str = doc("", "torch: 'package.module:callable', called as factory(input_shape, n_outputs)")
+    loss: str = doc("cross_entropy", "torch: cross_entropy (classification) | mse (regression)")
+    path: str = doc("", "torch: a folder searched first when importing model.factory")
 
     def validate(self):
-        from .models import MODELS
-        _check(self.name in MODELS, "model.name", f"unknown model {self.name!r}; one of {sorted(MODELS)}")
+        from .models import NAMES
+        _check(self.name in NAMES, "model.name", f"unknown model {self.name!r}; one of {sorted(NAMES)}")
+        if self.name == "torch":
+            _check_torch(self)
         _check(all(h >= 1 for h in self.hidden), "model.hidden", "widths must be >= 1")
         _check(len(self.channels) == 2 and all(c >= 1 for c in self.channels),
                "model.channels", "must be two positive channel counts")
@@ -228,6 +233,17 @@ class Config:
 def _check(ok, key, msg):
     if not ok:
         raise ConfigError(f"{key} {msg}")
+
+
+def _check_torch(m):
+    """model.name = "torch": what can be decided without importing torch."""
+    import importlib.util
+    _check(importlib.util.find_spec("torch") is not None, "model.name",
+           "= 'torch' needs PyTorch, which is not installed: pip install 'mpidsgd[torch]'")
+    mod, sep, attr = m.factory.partition(":")
+    _check(bool(sep and mod and attr), "model.factory",
+           f"must look like 'package.module:callable' for model.name = 'torch', got {m.factory!r}")
+    _check(m.loss in ("cross_entropy", "mse"), "model.loss", f"must be cross_entropy or mse, got {m.loss!r}")
 
 
 # -- building from TOML tables ---------------------------------------------------

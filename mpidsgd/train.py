@@ -137,25 +137,22 @@ def build(cfg, topo):
     from .backend import Backend
     from .comm.channel import Channel, NetworkEmulation, agree_error
     from .data import load_data
-    from .models import build_model
+    from .models import model_for
     from .algorithms import REGISTRY
 
     backend = Backend(cfg.run.device, cfg.comm.cuda_aware, topo.local_rank)
     emu = cfg.comm.emulate
     channel = Channel(topo.world, backend=backend, emulate=NetworkEmulation(emu.alpha, emu.beta))
-    err, data = None, None
+    err, data, model = None, None, None
     try:
         with channel.phase("setup"):
             data = load_data(cfg, channel, backend, skip=REGISTRY[cfg.algo.name].data_skip(cfg))
+        model = model_for(cfg, data, backend.xp)      # a torch factory may fail here
     except C.ConfigError as exc:
         err = str(exc)
     err = agree_error(topo.world, err)
     if err:
         fail_input(topo, err)
-    m = cfg.model
-    model = build_model(m.name, input_shape=data.input_shape, n_outputs=data.n_outputs,
-                        hidden=tuple(m.hidden), channels=tuple(m.channels), kernel=m.kernel,
-                        l2=m.l2, dtype=cfg.run.dtype, xp=backend.xp)
     params = backend.xp.zeros(model.layout.size, dtype=cfg.run.dtype)
     # identical initial parameters on every rank: the same seeded stream
     model.init(params, np.random.default_rng([cfg.run.seed, 0x1D]))

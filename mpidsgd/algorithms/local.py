@@ -221,6 +221,8 @@ class PeriodicAveraging(Algorithm):
             self.xp.subtract(self.xbar, self.params, out=self.buf)
         self.syncs += 1
         self.sync_step = self.step_count
+        if self.model.state is not None:       # e.g. BatchNorm statistics: averaged, blocking
+            allreduce_mean(self.model.state, channel=self.channel)
         if self.overlap:
             self.snap[...] = self.params
             self.req = iallreduce_sum(self.buf, channel=self.channel)

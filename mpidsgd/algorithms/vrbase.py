@@ -43,6 +43,9 @@ def table_kind(cfg):
 def check_vr_config(cls, cfg, world_size):
     """ConfigErrors naming the key, decided alike on every rank."""
     o = cfg.algo.options
+    if cfg.model.name == "torch":
+        raise ConfigError(f"algo.name = {cls.name!r} needs per-sample derivatives, which a torch "
+                          f"model (model.name = 'torch') does not provide; use a non-VR algorithm")
     if o.mode not in cls.modes:
         raise ConfigError(f"algo.mode must be one of {' | '.join(cls.modes)} for {cls.name}, got {o.mode!r}")
     if o.table not in ("auto", "samples", "blocks"):

@@ -14,8 +14,9 @@ from .linear import LinearModel, LogReg, Ridge, Softmax
 from .mlp import MLP
 
 MODELS = {cls.name: cls for cls in (Ridge, LogReg, Softmax, MLP, CNN)}
+NAMES = tuple(MODELS) + ("torch",)    # torch: models/torch_adapter.py, imported on demand
 
-__all__ = ["MODELS", "build_model", "Model", "LinearModel", "Ridge", "LogReg", "Softmax", "MLP", "CNN"]
+__all__ = ["MODELS", "NAMES", "build_model", "model_for", "Model", "LinearModel", "Ridge", "LogReg", "Softmax", "MLP", "CNN"]
 
 
 def build_model(name, *, input_shape, n_outputs, hidden=(64,), channels=(8, 16), kernel=3,
@@ -36,3 +37,17 @@ def build_model(name, *, input_shape, n_outputs, hidden=(64,), channels=(8, 16),
     arch = {"hidden": hidden, "channels": channels, "kernel": kernel}
     opts = {k: arch[k] for k in cls.arch_options}
     return cls(input_shape, n_outputs, l2=l2, dtype=dtype, xp=xp, **opts)
+
+
+def model_for(cfg, data, xp) -> Model:
+    """The run's model from its config and data (train.build). A torch
+    model's bad input (factory, loss, missing torch) raises ConfigError."""
+    m = cfg.model
+    if m.name == "torch":
+        from .torch_adapter import TorchModel
+        return TorchModel(data.input_shape, data.n_outputs, factory=m.factory, loss=m.loss,
+                          path=m.path, task=data.task, seed=cfg.run.seed, l2=m.l2,
+                          dtype=cfg.run.dtype, xp=xp)
+    return build_model(m.name, input_shape=data.input_shape, n_outputs=data.n_outputs,
+                       hidden=tuple(m.hidden), channels=tuple(m.channels), kernel=m.kernel,
+                       l2=m.l2, dtype=cfg.run.dtype, xp=xp)

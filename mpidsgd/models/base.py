@@ -35,6 +35,7 @@ class Model:
     name = "base"
     task = "classification"
     arch_options = ()          # extra build_model keywords this model takes
+    state = None               # flat array of non-parameter state (torch BatchNorm statistics)
 
     def __init__(self, input_shape, n_outputs, *, l2=0.0, dtype="float32", xp=numpy):
         self.input_shape = _check_shape(input_shape)
@@ -94,6 +95,13 @@ class Model:
         if self.l2:
             loss = loss + self._l2_term(params)
         return float(loss)
+
+    def state_dict(self) -> dict:
+        """Per-rank non-parameter state for checkpoints (built-in models: none)."""
+        return {}
+
+    def load_state_dict(self, d: dict):
+        """Restore what state_dict gave."""
 
     # -- helpers -------------------------------------------------------------
 

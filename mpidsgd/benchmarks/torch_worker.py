@@ -1,0 +1,241 @@
+"""One cell of `python -m mpidsgd.bench torch`: every method on one model and
+world size, run by `mpiexec -n P python -m mpidsgd.benchmarks.torch_worker`.
+
+All methods get the same data (mpidsgd's synthetic shards, the same batches
+in the same order), the same factory-built module with the same initial
+values (torch.manual_seed(seed)), batch, learning rate and heavy-ball
+momentum, and the same number of samples. Per method rank 0 prints one JSON
+line: step time, samples/s, bytes sent per rank per step, test accuracy.
+
+Bytes are booked with mpidsgd's allreduce rule (a ring: 2(P-1)/P of the
+payload per rank) for DDP too: plain DDP allreduces every gradient (its
+buckets hold all parameters), and a hooked DDP allreduces the tensors its
+hook hands to `torch.distributed.all_reduce`, counted by a wrapper around it.
+"""
+from __future__ import annotations
+
+from mpidsgd.threads import one_thread_per_rank
+
+one_thread_per_rank()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+from mpidsgd import config as C  # noqa: E402
+from mpidsgd.comm import costmodel as cm  # noqa: E402
+from mpidsgd.evaluate import evaluate  # noqa: E402
+from mpidsgd.optim import schedule_from  # noqa: E402
+from mpidsgd.topology import Topology  # noqa: E402
+
+COMM = MPI.COMM_WORLD
+MODELS = {   # name: (factory, built-in twin or None)
+    "mlp": ("torch_models:mlp", {"name": "mlp", "hidden": [256, 256]}),
+    "cnn": ("torch_models:cnn", None),
+}
+PALSGD_P = 0.1
+MPIDSGD = {"sgd": {"name": "sgd"}, "spardl": {"name": "spardl", "density": 0.01},
+           "palsgd": {"name": "palsgd", "p": PALSGD_P}}
+DDP = ("ddp", "ddp-fp16", "ddp-powersgd-1", "ddp-powersgd-4")
+
+
+def job(args, model, algo):
+    """The shared run config; `model` and `algo` are the [model] and [algo] tables."""
+    samples = args.samples or (65536 if args.model == "mlp" else 16384)    # one epoch
+    steps = samples // (args.batch * COMM.size)
+    if algo.get("name") == "palsgd":   # mixing steps take no batch: the same samples
+        steps = round(steps / (1 - PALSGD_P))
+    if args.model == "mlp":     # the quickstart's data
+        data = {"name": "synthetic", "n_samples": 65536, "n_test": 8192, "n_features": 64,
+                "n_classes": 10}
+    else:                       # 28x28 images written by the driver
+        data = {"name": "file", "path": args.images + "-train.npz",
+                "test_path": args.images + "-test.npz"}
+    return C.from_dict({
+        "run": {"seed": args.seed, "steps": steps, "eval_every": 0, "progress": False},
+        "data": {**data, "batch_size": args.batch},
+        "model": model, "algo": {"lr": args.lr, "momentum": 0.9, "schedule": "cosine", **algo}})
+
+
+def torch_table(args):
+    return {"name": "torch", "factory": MODELS[args.model][0], "path": args.examples}
+
+
+def mean_over_ranks(x):
+    return COMM.allreduce(float(x)) / COMM.size
+
+
+def timed(step, n, warmup):
+    """Run `step` n times; seconds of the steps after the first `warmup`
+    (JIT compiles and first allocations), the slowest rank's."""
+    for _ in range(warmup):
+        step()
+    COMM.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(n - warmup):
+        step()
+    return COMM.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+
+
+def run_mpidsgd(args, model_table, algo):
+    """mpidsgd's own loop (train.build, algo.step): timing, bytes, accuracy."""
+    from mpidsgd.train import build
+    ctx = build(job(args, model_table, algo), Topology())
+    a, ch, data = ctx["algo"], ctx["channel"], ctx["data"]
+    with ch.phase("train"):
+        dt = timed(lambda: a.step(data.train), a.total_steps, args.warmup)
+        a.finish()
+    acc = evaluate(ctx["model"], a.consensus_params(), data.test_X, data.test_y,
+                   channel=ch, task=data.task)["test_accuracy"]
+    nbytes = mean_over_ranks(ch.counters.bytes.get("train", 0.0)) / a.total_steps
+    return a.total_steps, dt, nbytes, acc, COMM.allreduce(a.samples)
+
+
+# -- PyTorch DDP ---------------------------------------------------------------------
+def init_gloo():
+    """torch.distributed over gloo on the loopback interface only."""
+    import torch.distributed as dist
+    port = None
+    if COMM.rank == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    port = COMM.bcast(port)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=COMM.rank, world_size=COMM.size)
+
+
+class AllreduceCounter:
+    """Wraps torch.distributed.all_reduce: the payload bytes hooks hand it."""
+
+    def __init__(self):
+        import torch.distributed as dist
+        self.dist, self.orig, self.nbytes = dist, dist.all_reduce, 0
+
+        def counting(tensor, *a, **k):
+            self.nbytes += tensor.numel() * tensor.element_size()
+            return self.orig(tensor, *a, **k)
+        dist.all_reduce = counting
+
+    def close(self):
+        self.dist.all_reduce = self.orig
+
+
+def ddp_module(args, kind, shape):
+    """(DDP-wrapped module, optimizer, counter or None) for one DDP variant."""
+    import torch
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+    from torch.nn.parallel import DistributedDataParallel
+    from mpidsgd.models.torch_adapter import load_factory
+    torch.manual_seed(args.seed)             # the adapter's initial values
+    module = load_factory(MODELS[args.model][0], args.examples)(shape, 10)
+    ddp = DistributedDataParallel(module)
+    counter = None
+    if kind == "ddp-fp16":
+        counter = AllreduceCounter()
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif kind.startswith("ddp-powersgd"):
+        counter = AllreduceCounter()
+        state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=int(
+            kind.rsplit("-", 1)[1]), start_powerSGD_iter=2, min_compression_rate=1.0)
+        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9)
+    return ddp, opt, counter
+
+
+def run_ddp(args, kind):
+    """DDP on the very batches mpidsgd's shard hands out."""
+    import torch
+    import torch.nn.functional as F
+    from mpidsgd.backend import Backend
+    from mpidsgd.comm.channel import Channel
+    from mpidsgd.data import load_data
+    cfg = job(args, torch_table(args), {"name": "sgd"})
+    data = load_data(cfg, Channel(COMM, backend=Backend()), Backend())
+    ddp, opt, counter = ddp_module(args, kind, tuple(data.input_shape))
+    steps, shard = cfg.run.steps, data.train
+    # mpidsgd's cosine schedule, value for value
+    lr_at = schedule_from(cfg.algo, steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_at(t) / args.lr)
+
+    def step():
+        X, y, _ = shard.next_batch()
+        opt.zero_grad()
+        F.cross_entropy(ddp(torch.from_numpy(X)), torch.from_numpy(y)).backward()
+        opt.step()
+        sched.step()
+    ddp.train()
+    dt = timed(step, steps, args.warmup)
+    if counter is not None:
+        counter.close()
+        payload = counter.nbytes / steps
+    else:      # no hook: the reducer allreduces every gradient, all parameters
+        payload = sum(p.numel() * p.element_size() for p in ddp.parameters())
+    nbytes = mean_over_ranks(cm.allreduce_booking(payload, COMM.size)[0] if COMM.size > 1 else 0.0)
+    ddp.eval()
+    with torch.no_grad():
+        pred = ddp.module(torch.from_numpy(data.test_X)).argmax(1).numpy()
+    acc = COMM.allreduce(float((pred == data.test_y).sum())) / COMM.allreduce(len(data.test_y))
+    return steps, dt, nbytes, acc, steps * args.batch * COMM.size
+
+
+def run_method(args, method):
+    """One run of `method`: its record (None: no built-in twin of this model)."""
+    if method == "builtin-sgd":
+        twin = MODELS[args.model][1]
+        if twin is None:
+            return None
+        res = run_mpidsgd(args, twin, MPIDSGD["sgd"])
+    elif method in MPIDSGD:
+        res = run_mpidsgd(args, torch_table(args), MPIDSGD[method])
+    else:
+        res = run_ddp(args, method)
+    steps, dt, nbytes, acc, samples = res
+    return {"model": args.model, "ranks": COMM.size, "method": method, "steps": steps,
+            "samples": samples, "step_ms": 1e3 * dt / (steps - args.warmup),
+            "samples_per_s": samples * (steps - args.warmup) / steps / dt,
+            "bytes_per_rank_per_step": nbytes, "test_accuracy": acc}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m mpidsgd.benchmarks.torch_worker")
+    p.add_argument("--model", choices=sorted(MODELS), default="mlp")
+    p.add_argument("--methods", default=",".join(["builtin-sgd", *MPIDSGD, *DDP]))
+    p.add_argument("--samples", type=int, default=0, help="training samples, all ranks (0: one epoch)")
+    p.add_argument("--images", default="", help="cnn: the image files' prefix (PREFIX-train.npz)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=10, help="untimed first steps")
+    p.add_argument("--examples", default="examples", help="folder of torch_models.py")
+    p.add_argument("--repeat", type=int, default=1, help="runs per method, round-robin; the fastest is kept")
+    args = p.parse_args(argv)
+    import torch
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    gloo, best = False, {}
+    # round-robin repeats: every method sees the same machine-load phases;
+    # the fastest repeat is kept (a loaded machine only ever adds time)
+    for _ in range(args.repeat):
+        for method in args.methods.split(","):
+            if method in DDP and not gloo:
+                init_gloo()
+                gloo = True
+            rec = run_method(args, method)
+            if rec is not None and (method not in best or rec["step_ms"] < best[method]["step_ms"]):
+                best[method] = rec
+    if COMM.rank == 0:
+        for rec in best.values():
+            print(json.dumps(rec), flush=True)
+    if gloo:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

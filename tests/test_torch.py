@@ -1,0 +1,124 @@
+"""PyTorch models through the adapter (model.name = "torch"), one process:
+
+- the CPU build of torch is the one under test (torch.version.cuda is None);
+- parameters, gradients and BatchNorm statistics are views of the flat
+  buffers the algorithm holds: shared memory, the same views after steps;
+- a torch MLP started from the built-in mlp's initial values follows the
+  built-in trajectory to 1e-10 (float64, 50 steps) under sgd and spardl.
+
+tests/test_torch_mpi.py has the multi-rank tests and the bad-input cases.
+
+Skipped without torch, unless MPIDSGD_REQUIRE_TORCH is set (CI sets it, so
+a missing torch fails there instead of skipping).
+"""
+import os
+
+import numpy as np
+import pytest
+
+if os.environ.get("MPIDSGD_REQUIRE_TORCH"):
+    import torch
+else:
+    torch = pytest.importorskip("torch")
+
+from mpidsgd import config as C  # noqa: E402
+from mpidsgd.topology import Topology  # noqa: E402
+from mpidsgd.train import build  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STEPS = 50
+
+
+def job(model, algo, **extra):
+    """A small float64 job; `model` is the [model] table."""
+    tables = {
+        "run": {"seed": 3, "steps": STEPS, "dtype": "float64", "eval_every": 0},
+        "data": {"name": "synthetic", "n_samples": 600, "n_test": 64, "n_features": 12,
+                 "n_classes": 4, "batch_size": 7},
+        "model": {**model, "l2": 1e-3},
+        "algo": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01, **algo},
+    }
+    for sec, kv in extra.items():
+        tables[sec].update(kv)
+    return C.from_dict(tables)
+
+
+def torch_model(factory):
+    return {"name": "torch", "factory": f"torch_factories:{factory}", "path": HERE}
+
+
+def test_torch_is_the_cpu_build():
+    assert torch.version.cuda is None, torch.version.cuda
+
+
+def test_parameters_gradients_and_buffers_share_the_algorithm_buffers():
+    ctx = build(job(torch_model("bn_mlp"), {"name": "sgd"}), Topology())
+    algo, model = ctx["algo"], ctx["model"]
+    params = list(model.module.parameters())
+    ptrs = [p.data_ptr() for p in params]
+    for _ in range(3):
+        algo.step(ctx["data"].train)
+    for p, name in zip(params, model.layout.names()):
+        assert np.shares_memory(p.detach().numpy(), algo.params)
+        assert np.shares_memory(p.grad.numpy(), algo.grad)
+        np.testing.assert_array_equal(p.detach().numpy().reshape(-1),
+                                      algo.params[model.layout.slice(name)])
+    assert [p.data_ptr() for p in params] == ptrs       # the same views, not new ones
+    bn = model.module[2]
+    assert np.shares_memory(bn.running_mean.numpy(), model.state)
+    assert np.shares_memory(bn.running_var.numpy(), model.state)
+    assert int(bn.num_batches_tracked) == 3
+    # a write into the algorithm's buffer is what the module computes with
+    X = ctx["data"].test_X[:5]
+    before = model.predict(algo.params, X).copy()
+    algo.params[model.layout.slice("4.bias")] += np.array([1e6, 0, 0, 0])
+    assert (model.predict(algo.params, X) == 0).all() and not (before == 0).all()
+
+
+@pytest.mark.parametrize("algo", [{"name": "sgd"}, {"name": "spardl", "density": 0.05}])
+def test_torch_mlp_follows_the_builtin_mlp_trajectory(algo):
+    from torch_factories import HIDDEN, SEED, to_torch_order
+    ref = build(job({"name": "mlp", "hidden": list(HIDDEN)}, algo), Topology())
+    tor = build(job(torch_model("builtin_twin"), algo), Topology())
+    assert ref["algo"].cfg.run.seed == SEED
+    perm = to_torch_order((12,), 4)
+    a, b = ref["algo"], tor["algo"]
+    np.testing.assert_array_equal(b.params, a.params[perm])
+    worst = 0.0
+    for t in range(STEPS):
+        la = a.step(ref["data"].train).loss
+        lb = b.step(tor["data"].train).loss
+        assert abs(la - lb) <= 1e-10, (t, la, lb)
+        worst = max(worst, float(np.abs(b.params - a.params[perm]).max()))
+        assert worst <= 1e-10, (t, worst)
+    # the run moved the parameters far beyond the tolerance
+    assert np.abs(b.params - b.model._home).max() > 1e-2
+
+
+def test_the_example_job_trains_its_cnn(tmp_path):
+    from mpidsgd.benchmarks.torch_ddp import write_images
+    root = os.path.dirname(HERE)
+    write_images(str(tmp_path / "img"), n_train=256, n_test=64)
+    cfg = C.load(os.path.join(root, "jobs", "torch_cnn.toml"), [
+        f'data.path="{tmp_path}/img-train.npz"', f'data.test_path="{tmp_path}/img-test.npz"',
+        f'model.path="{root}/examples"', "run.steps=4", f'run.out_dir="{tmp_path}/out"'])
+    ctx = build(cfg, Topology())
+    algo, model = ctx["algo"], ctx["model"]
+    assert model.input_shape == (1, 28, 28) and model.state is not None
+    before = model.state.copy()
+    while not algo.done():
+        assert np.isfinite(algo.step(ctx["data"].train).loss)
+    assert not np.array_equal(model.state, before)      # BatchNorm statistics moved
+
+
+def test_the_core_never_imports_torch_for_builtin_models():
+    import subprocess
+    import sys
+    code = ("import sys\nfrom mpidsgd import bench, config as C\nfrom mpidsgd.train import build\n"
+            "from mpidsgd.topology import Topology\n"
+            "ctx = build(C.from_dict({'run': {'steps': 2}, 'data': {'n_samples': 256, 'n_test': 32}}),"
+            " Topology())\nctx['algo'].step(ctx['data'].train)\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
