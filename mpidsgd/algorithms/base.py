@@ -16,6 +16,7 @@ arrays and scalars. "shared" is identical on every rank (written once);
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -44,27 +45,66 @@ class StepInfo:
 
 
 class ComputeEmulation:
-    """Extra compute time per gradient: fixed or exponential delay, and a
-    slowdown factor for straggler ranks (3.0 = gradients take three times
-    as long there). Only wall time changes, never a number."""
+    """Emulated compute time per gradient, and a slowdown factor for
+    straggler ranks (3.0 = gradients take three times as long there).
+    Only wall time changes, never a number.
 
-    def __init__(self, emu_cfg, rank: int, seed: int):
+    - fixed: sleep `compute_s` after the real compute.
+    - exponential: sleep an Exp(compute_s) draw after the real compute.
+    - exponential_total: the whole gradient time, real compute included, is
+      an Exp(compute_s) draw: sleep until start + draw. Only this one gives
+      exactly memoryless compute times (geometric staleness in asgd); a rank
+      whose real compute exceeds a twentieth of the mean warns once.
+
+    `sleep` and `warn` can be replaced (tests use recorders)."""
+
+    WARN_FRACTION = 1 / 20
+
+    def __init__(self, emu_cfg, rank: int, seed: int, *, sleep=time.sleep, warn=None):
         self.kind = emu_cfg.compute
         self.mean = emu_cfg.compute_s
+        self.rank = rank
         self.factor = emu_cfg.slowdown if rank in emu_cfg.slow_ranks else 1.0
         self.rng = np.random.default_rng([seed, rank, 0xC0])
         self.active = self.kind != "none" or self.factor != 1.0
+        self.sleep = sleep
+        self.warn = warn or _warn_stderr
+        self.warned = False
+
+    def _draw(self) -> float:
+        return float(self.rng.exponential(self.mean)) if self.mean > 0 else 0.0
 
     def delay(self, measured_s: float) -> float:
+        """Sleep after a gradient whose real compute took `measured_s`;
+        returns the seconds slept."""
+        if self.kind == "exponential_total":
+            return self._delay_total(measured_s)
         extra = 0.0
         if self.kind == "fixed":
             extra = self.mean
         elif self.kind == "exponential":
-            extra = float(self.rng.exponential(self.mean)) if self.mean > 0 else 0.0
+            extra = self._draw()
         extra = self.factor * extra + (self.factor - 1.0) * measured_s
         if extra > 0:
-            time.sleep(extra)
+            self.sleep(extra)
         return extra
+
+    def _delay_total(self, measured_s: float) -> float:
+        # the gradient's whole time is factor * Exp(mean): sleep what is left
+        total = self.factor * self._draw()
+        if not self.warned and measured_s > self.WARN_FRACTION * self.factor * self.mean:
+            self.warned = True
+            self.warn(f"mpidsgd: warning: rank {self.rank}: real compute {measured_s:.3g} s "
+                      f"exceeds 1/20 of comm.emulate.compute_s = {self.mean:g} s; the "
+                      "emulated compute times are no longer exponential (raise compute_s)")
+        extra = total - measured_s
+        if extra > 0:
+            self.sleep(extra)
+        return max(extra, 0.0)
+
+
+def _warn_stderr(text):
+    print(text, file=sys.stderr, flush=True)
 
 
 class Algorithm:

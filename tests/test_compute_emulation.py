@@ -1,0 +1,69 @@
+"""Compute emulation: exponential_total makes each gradient's WHOLE time an
+Exp(compute_s) draw (real compute included), with injected sleep and warn
+recorders so the checks are exact and need no clock."""
+import numpy as np
+import pytest
+
+from mpidsgd import config as C
+from mpidsgd.algorithms.base import ComputeEmulation
+
+
+def _emu(kind, mean=0.1, rank=3, seed=5, slow=(), slowdown=1.0):
+    cfg = C.load(None, ["run.steps=5", f"comm.emulate.compute='{kind}'",
+                        f"comm.emulate.compute_s={mean}",
+                        f"comm.emulate.slow_ranks={list(slow)}",
+                        f"comm.emulate.slowdown={slowdown}"]).comm.emulate
+    slept, warned = [], []
+    emu = ComputeEmulation(cfg, rank, seed, sleep=slept.append, warn=warned.append)
+    return emu, slept, warned
+
+
+def _draws(n, mean, rank=3, seed=5):
+    # the same stream ComputeEmulation uses for this rank and seed
+    return np.random.default_rng([seed, rank, 0xC0]).exponential(mean, n)
+
+
+def test_total_time_is_the_draw_real_compute_included():
+    emu, slept, warned = _emu("exponential_total", mean=0.1)
+    measured = 0.002                    # a fiftieth of the mean: no warning
+    for _ in range(50):
+        emu.delay(measured)
+    draws = _draws(50, 0.1)
+    # sleep until start + draw; a draw shorter than the real compute sleeps 0
+    expect = draws[draws > measured] - measured
+    np.testing.assert_allclose(slept, expect, rtol=0, atol=1e-15)
+    assert len(slept) == np.sum(draws > measured) < 50     # some draws are short
+    assert warned == []
+
+
+def test_exponential_adds_the_draw_on_top():
+    # the other mode: the delay is the draw itself, whatever the real compute
+    emu, slept, _ = _emu("exponential", mean=0.1)
+    for _ in range(20):
+        emu.delay(0.002)
+    np.testing.assert_allclose(slept, _draws(20, 0.1), rtol=0, atol=1e-15)
+
+
+def test_slow_rank_scales_the_total():
+    emu, slept, _ = _emu("exponential_total", mean=0.1, slow=[3], slowdown=3.0)
+    for _ in range(20):
+        emu.delay(0.001)
+    draws = 3.0 * _draws(20, 0.1)
+    np.testing.assert_allclose(slept, draws[draws > 0.001] - 0.001, rtol=0, atol=1e-15)
+
+
+def test_warns_once_when_real_compute_exceeds_a_twentieth():
+    emu, _, warned = _emu("exponential_total", mean=0.1)
+    emu.delay(0.0049)                   # under 0.1 / 20: quiet
+    assert warned == []
+    for _ in range(5):
+        emu.delay(0.0051)               # over: one warning, however often
+    assert len(warned) == 1
+    assert warned[0].startswith("mpidsgd: warning: rank 3:") and "compute_s" in warned[0]
+
+
+def test_total_needs_a_positive_mean():
+    with pytest.raises(C.ConfigError, match="comm.emulate.compute_s"):
+        C.load(None, ["run.steps=5", "comm.emulate.compute='exponential_total'"])
+    with pytest.raises(C.ConfigError, match="comm.emulate.compute"):
+        C.load(None, ["run.steps=5", "comm.emulate.compute='gamma'"])
