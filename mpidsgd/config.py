@@ -108,7 +108,8 @@ class ModelConfig:
 class AlgoConfig:
     name: str = doc("sgd", "training algorithm (registry name)")
     lr: float = doc(0.1, "learning rate (peak value under a schedule)")
-    momentum: float = doc(0.0, "heavy-ball momentum of the local optimizer")
+    momentum: object = doc(0.0, "heavy-ball momentum of the local optimizer (asgd: at the server; "
+                                "\"auto\" = tuned from the measured staleness)")
     nesterov: bool = doc(False, "Nesterov momentum")
     weight_decay: float = doc(0.0, "decoupled weight decay (SGD: added to the gradient)")
     optimizer: str = doc("sgd", "local optimizer: sgd | adamw")
@@ -126,7 +127,14 @@ class AlgoConfig:
         from .algorithms import REGISTRY
         _check(self.name in REGISTRY, "algo.name", f"unknown algorithm {self.name!r}; one of {sorted(REGISTRY)}")
         _check(self.lr >= 0, "algo.lr", "must be >= 0")
-        _check(-1 < self.momentum < 1, "algo.momentum", "must be in (-1, 1)")
+        if self.momentum == "auto":
+            _check(getattr(REGISTRY[self.name], "auto_momentum", False), "algo.momentum",
+                   f"= \"auto\" is an asgd option, not {self.name}'s")
+        else:
+            _check(isinstance(self.momentum, (int, float)) and not isinstance(self.momentum, bool),
+                   "algo.momentum", f"must be a number or \"auto\", got {self.momentum!r}")
+            self.momentum = float(self.momentum)
+            _check(-1 < self.momentum < 1, "algo.momentum", "must be in (-1, 1)")
         _check(self.weight_decay >= 0, "algo.weight_decay", "must be >= 0")
         _check(self.optimizer in ("sgd", "adamw"), "algo.optimizer", "must be sgd or adamw")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "algo.beta1", "betas must be in [0, 1)")

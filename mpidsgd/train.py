@@ -144,7 +144,7 @@ def build(cfg, topo):
     err, data = None, None
     try:
         with channel.phase("setup"):
-            data = load_data(cfg, channel, backend)
+            data = load_data(cfg, channel, backend, skip=REGISTRY[cfg.algo.name].data_skip(cfg))
     except C.ConfigError as exc:
         err = str(exc)
     err = agree_error(topo.world, err)
@@ -239,6 +239,7 @@ def run(cfg, ctx, topo, args):
             break
         if cfg.debug.fail_at_step == algo.step_count and topo.rank == cfg.debug.fail_rank:
             raise RuntimeError(f"injected fault at step {algo.step_count} on rank {topo.rank}")
+        before = algo.step_count
         info = algo.step(shard)
         if info.loss is not None:
             if not finite(info.loss):
@@ -247,10 +248,11 @@ def run(cfg, ctx, topo, args):
                     f"{topo.rank}; lower algo.lr (checkpoints already written are kept)")
             meter.add(info.loss)
         s = algo.step_count
-        if s % cfg.run.log_every == 0 and meter.loss_n:
+        # a server's step may apply nothing (no message yet): log only on progress
+        if s % cfg.run.log_every == 0 and meter.loss_n and s != before:
             log.record(kind="train", step=s, epoch=shard.epoch + shard.pos / shard.steps_per_epoch,
                        loss=meter.mean(), time_s=time.perf_counter() - meter.t0,
-                       bytes_train=channel.counters.bytes.get("train", 0.0))
+                       bytes_train=channel.counters.bytes.get("train", 0.0), **algo.log_fields())
         if cfg.run.eval_every and s % cfg.run.eval_every == 0 and algo.synchronous:
             last = evaluate(model, algo.consensus_params(), data.test_X, data.test_y,
                             channel=channel, task=data.task)

@@ -130,6 +130,12 @@ class Algorithm:
         self.lr_at = None
 
     @classmethod
+    def data_skip(cls, cfg) -> int:
+        """How many leading ranks hold no training data (a parameter server);
+        the others split the training set among themselves."""
+        return 0
+
+    @classmethod
     def check_world(cls, cfg, size: int):
         """Raise config.ConfigError("algo.key: ...") if this configuration
         cannot run on `size` ranks (e.g. a power of two is required). Called
@@ -176,6 +182,11 @@ class Algorithm:
 
     def summary(self) -> dict:
         """Algorithm-specific fields for summary.json."""
+        return {}
+
+    def log_fields(self) -> dict:
+        """Algorithm-specific fields added to every training record of
+        metrics.jsonl (rank 0's view)."""
         return {}
 
     # -- shared helpers ---------------------------------------------------------------

@@ -19,7 +19,7 @@ from . import synthetic
 from .collective import agree_errors, agree_labels, agree_steps
 from .files import Local, read_local
 from .normalize import feature_stats, standardize
-from .shard import Shard, shard_range
+from .shard import Shard, shard_range, train_part, train_range
 
 __all__ = ["Dataset", "Shard", "load_data", "shard_range"]
 
@@ -41,15 +41,18 @@ class Dataset:
     std: np.ndarray | None = None
 
 
-def synthetic_local(cfg, rank: int, size: int) -> Local:
-    """This rank's chunks of the synthetic training and test sets."""
+def synthetic_local(cfg, rank: int, size: int, part=None) -> Local:
+    """This rank's chunks of the synthetic training and test sets; `part` =
+    (data rank, data ranks) of the training split (shard.train_part)."""
     d = cfg.data
-    if d.samples_per_rank > 0:       # weak scaling: a fixed shard per rank
-        n_train = d.samples_per_rank * size
-        lo, hi = rank * d.samples_per_rank, (rank + 1) * d.samples_per_rank
+    part = part or (rank, size)
+    if d.samples_per_rank > 0:       # weak scaling: a fixed shard per data rank
+        n_train = d.samples_per_rank * part[1]
+        r = part[0]
+        lo, hi = (0, 0) if r is None else (r * d.samples_per_rank, (r + 1) * d.samples_per_rank)
     else:
         n_train = d.n_samples
-        lo, hi = shard_range(n_train, rank, size)
+        lo, hi = train_range(n_train, part)
     tlo, thi = shard_range(d.n_test, rank, size)
     teacher = synthetic.Teacher(cfg.run.seed, d.task, d.n_features, d.n_classes)
     X, y = synthetic.generate(d, cfg.run.seed, lo, hi, "train", teacher)
@@ -75,22 +78,25 @@ def _labels(cfg, local, channel):
     return "classification", len(classes), classes
 
 
-def load_data(cfg, channel, backend) -> Dataset:
-    """Build this rank's Dataset. Collective over `channel`.
+def load_data(cfg, channel, backend, skip: int = 0) -> Dataset:
+    """Build this rank's Dataset. Collective over `channel`. The first `skip`
+    ranks (a parameter server) get an empty training shard; the others split
+    the training set among themselves (the test set is split over all).
 
     Invalid data (missing or malformed file, inconsistent arrays, a shard
     smaller than one batch, ...) raises ConfigError with the same one-line
     message on every rank.
     """
     reader = synthetic_local if cfg.data.name == "synthetic" else read_local
-    local = agree_errors(channel, lambda: reader(cfg, channel.rank, channel.size))
+    part = train_part(channel.rank, channel.size, skip)
+    local = agree_errors(channel, lambda: reader(cfg, channel.rank, channel.size, part))
     task, n_outputs, classes = _labels(cfg, local, channel)
     mean = std = None
     if cfg.data.normalize:
         mean, std = feature_stats(local.X, channel)
         local.X = standardize(local.X, mean, std)
         local.test_X = standardize(local.test_X, mean, std)
-    steps = agree_steps(len(local.ids), cfg.data.batch_size, channel)
+    steps = agree_steps(len(local.ids), cfg.data.batch_size, channel, holds=part[0] is not None)
 
     # cast once to the run's dtype and move to the device
     dtype = np.dtype(cfg.run.dtype)
@@ -100,6 +106,6 @@ def load_data(cfg, channel, backend) -> Dataset:
         return backend.asarray(np.ascontiguousarray(a, dtype=t))
 
     shard = Shard(put(local.X, dtype), put(local.y, ydtype), local.ids, cfg.data.batch_size,
-                  steps, seed=cfg.run.seed, rank=channel.rank, backend=backend)
+                  steps, seed=cfg.run.seed, rank=part[0] or 0, backend=backend)
     return Dataset(shard, put(local.test_X, dtype), put(local.test_y, ydtype), local.input_shape,
                    n_outputs, task, local.n_train, local.n_test, classes, mean, std)

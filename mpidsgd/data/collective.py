@@ -35,13 +35,16 @@ def agree_errors(channel, fn):
     return out
 
 
-def agree_steps(n_local: int, batch_size: int, channel) -> int:
-    """Steps per epoch, the same on every rank: min over ranks of floor(n_k / B).
+def agree_steps(n_local: int, batch_size: int, channel, holds: bool = True) -> int:
+    """Steps per epoch, the same on every rank: min over ranks of floor(n_k / B)
+    (ranks that hold no training data, `holds` false, do not count).
 
     Raises ConfigError on every rank when some shard holds less than one batch.
     """
+    big = float(2 ** 62)
+    mine = [n_local // batch_size, n_local] if holds else [big, big]
     with channel.phase("setup"):
-        steps, smallest = channel.allreduce_values([n_local // batch_size, n_local], op=MPI.MIN)
+        steps, smallest = channel.allreduce_values(mine, op=MPI.MIN)
     if steps < 1:
         raise ConfigError(f"data.batch_size {batch_size} is larger than the smallest shard "
                           f"({int(smallest)} samples on some rank); lower it or use fewer ranks")

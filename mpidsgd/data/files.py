@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import ConfigError
 from .formats import LibsvmSource, open_source
-from .shard import shard_range
+from .shard import shard_range, train_range
 
 SPLIT = 0x5B1   # stream tag of the train/test split
 
@@ -60,8 +60,9 @@ def _check_finite(X, y, key, path):
         raise ConfigError(f"{key} {path}: labels contain NaN or infinity")
 
 
-def read_local(cfg, rank: int, size: int) -> Local:
-    """Open the configured files and read this rank's rows (no collectives)."""
+def read_local(cfg, rank: int, size: int, part=None) -> Local:
+    """Open the configured files and read this rank's rows (no collectives);
+    `part` = (data rank, data ranks) of the training split (shard.train_part)."""
     d = cfg.data
     src = open_source(d.path, "data.path", d.labels_path)
     test = open_source(d.test_path, "data.test_path") if d.test_path else None
@@ -78,7 +79,7 @@ def read_local(cfg, rank: int, size: int) -> Local:
         train_rows, test_rows = np.arange(src.n), np.arange(test.n)
         test_key, test_file = "data.test_path", d.test_path
     shape = input_shape_of(src.sample_shape, "data.path", d.path)
-    lo, hi = shard_range(len(train_rows), rank, size)
+    lo, hi = train_range(len(train_rows), part or (rank, size))
     tlo, thi = shard_range(len(test_rows), rank, size)
     X, y = src.read(train_rows[lo:hi])
     tX, ty = test.read(test_rows[tlo:thi])

@@ -19,6 +19,19 @@ def shard_range(n_total: int, rank: int, size: int):
     return n_total * rank // size, n_total * (rank + 1) // size
 
 
+def train_part(rank: int, size: int, skip: int = 0):
+    """(data rank, data ranks) of the training split: the first `skip` ranks
+    (a parameter server) hold no training data, data rank None; the others
+    split the set as ranks 0..size-skip-1 of a world without them."""
+    return (rank - skip if rank >= skip else None), size - skip
+
+
+def train_range(n_total: int, part):
+    """[lo, hi) of the training rows of data part `part` (empty for None)."""
+    r, k = part
+    return (0, 0) if r is None else shard_range(n_total, r, k)
+
+
 class Shard:
     """This rank's training samples and its position in the data order.
 
@@ -38,7 +51,8 @@ class Shard:
         self.n = int(len(self.ids))
         self.batch_size = int(batch_size)
         self.steps_per_epoch = int(steps_per_epoch)
-        if not 1 <= self.steps_per_epoch * self.batch_size <= self.n:
+        # a rank holding no training data (a parameter server) has n = 0
+        if self.n and not 1 <= self.steps_per_epoch * self.batch_size <= self.n:
             raise ValueError(f"steps_per_epoch {steps_per_epoch} x batch {batch_size} "
                              f"does not fit a shard of {self.n} samples")
         self.seed, self.rank = int(seed), int(rank)
