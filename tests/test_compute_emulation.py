@@ -54,12 +54,13 @@ def test_slow_rank_scales_the_total():
 
 def test_warns_once_when_real_compute_exceeds_a_twentieth():
     emu, _, warned = _emu("exponential_total", mean=0.1)
+    emu.delay(0.5)                      # the first call is never warned
     emu.delay(0.0049)                   # under 0.1 / 20: quiet
     assert warned == []
     for _ in range(5):
         emu.delay(0.0051)               # over: one warning, however often
     assert len(warned) == 1
-    assert warned[0].startswith("mpidsgd: warning: rank 3:") and "compute_s" in warned[0]
+    assert warned[0].startswith("mpidsgd: warning: rank 3: real step time 0.0051 s") and "compute_s" in warned[0]
 
 
 def test_total_needs_a_positive_mean():
@@ -67,3 +68,45 @@ def test_total_needs_a_positive_mean():
         C.load(None, ["run.steps=5", "comm.emulate.compute='exponential_total'"])
     with pytest.raises(C.ConfigError, match="comm.emulate.compute"):
         C.load(None, ["run.steps=5", "comm.emulate.compute='gamma'"])
+
+
+class Clock:
+    def __init__(self, t=0.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def test_chained_gradient_runs_from_when_the_last_was_due():
+    # asgd with one rank per group: the cycle push -> reply -> gradient is one
+    # draw, so the round trip and a late wake-up are inside the next draw
+    cfg = C.load(None, ["run.steps=5", "comm.emulate.compute='exponential_total'",
+                        "comm.emulate.compute_s=0.1"]).comm.emulate
+    slept, clock = [], Clock()
+    emu = ComputeEmulation(cfg, 3, 5, sleep=slept.append, warn=lambda _: None, clock=clock)
+    d1, d2, d3 = _draws(3, 0.1)
+    # gradient 1 computes from 10.000 to 10.001: due at 10 + d1
+    clock.t = 10.001
+    real, start = emu.begun(10.0)
+    emu.delay(clock.t - real, clock.t - start)
+    # it wakes 0.5 ms late and pushes; the reply comes, gradient 2 computes
+    # from +3 ms to +4 ms: it sleeps d2 minus all of that
+    emu.chain(10.0 + d1 + 0.0005)
+    clock.t = 10.0 + d1 + 0.004
+    real, start = emu.begun(10.0 + d1 + 0.003)
+    assert start == pytest.approx(10.0 + d1) and real == pytest.approx(10.0 + d1 + 0.0005)
+    emu.delay(clock.t - real, clock.t - start)
+    # gradient 3 is not chained: it runs from its own start again
+    clock.t = 20.002
+    real, start = emu.begun(20.0)
+    emu.delay(clock.t - real, clock.t - start)
+    np.testing.assert_allclose(slept, [d1 - 0.001, d2 - 0.004, d3 - 0.002], rtol=0, atol=1e-12)
+    assert emu.due == pytest.approx(20.0 + d3)
+
+
+def test_only_exponential_total_chains():
+    emu, _, _ = _emu("exponential", mean=0.1)
+    emu.delay(0.001)
+    emu.chain(5.0)
+    assert emu.begun(7.0) == (7.0, 7.0)
