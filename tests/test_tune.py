@@ -93,3 +93,27 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, bad, key):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("mpidsgd: error:") and key in err[0]
     assert runner.seen == []
+
+
+def test_real_small_grid_under_mpiexec(tmp_path):
+    # two real asgd jobs of 2 groups (3 ranks) and one that mpidsgd.train
+    # refuses (momentum 1.5: exit 2): it is reported and skipped, the table
+    # holds the better of the two others
+    lines = []
+    argv = ["momentum", "--groups", "2", "--momentum", "-0.3,0.5,1.5", "--lr", "0.05",
+            "--budget-samples", "640", "--compute-s", "0.005", "--out", str(tmp_path / "runs"),
+            "--json", str(tmp_path / "t.json"), "--timeout", "120",
+            "--set", "data.n_samples=2048", "--set", "data.n_test=64",
+            "--set", "data.n_features=8", "--set", "model.hidden=[8]",
+            "--set", "data.batch_size=16"]
+    assert tune.main(argv, say=lines.append) == 0
+    out = json.loads((tmp_path / "t.json").read_text())
+    ok = [r for r in out["runs"] if r["status"] == "ok"]
+    assert {(r["momentum"], r["lr"]) for r in ok} == {(-0.3, 0.05), (0.5, 0.05)}
+    assert all(r["steps"] == 40 for r in ok)        # 640 samples / batch 16
+    row = out["table"][0]
+    best = min(ok, key=lambda r: r["train_loss"])
+    assert (row["best_momentum"], row["best_lr"]) == (best["momentum"], best["lr"])
+    assert 0 <= row["implicit_momentum"] <= 1
+    failed = [ln for ln in lines if "FAILED" in ln]
+    assert len(failed) == 1 and "mu_L +1.5" in failed[0] and "(2)" in failed[0]
