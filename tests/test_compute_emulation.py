@@ -110,3 +110,24 @@ def test_only_exponential_total_chains():
     emu.delay(0.001)
     emu.chain(5.0)
     assert emu.begun(7.0) == (7.0, 7.0)
+
+
+def test_a_long_stall_carries_at_most_one_mean():
+    cfg = C.load(None, ["run.steps=5", "comm.emulate.compute='exponential_total'",
+                        "comm.emulate.compute_s=0.1"]).comm.emulate
+    slept, clock = [], Clock()
+    emu = ComputeEmulation(cfg, 3, 0, sleep=slept.append, warn=lambda _: None, clock=clock)
+    d1, d2 = _draws(2, 0.1, seed=0)
+    assert d2 > 0.102                   # seed 0: the second draw is 0.157 s
+    # the first gradient stalls 5 s (compilation): it is due 0.1 s before its end
+    clock.t = 5.0
+    emu.delay(5.0, 5.0)
+    assert emu.due == pytest.approx(4.9) and slept == []
+    # the next, chained, runs from there: it sleeps d2 less the 0.1 s and
+    # its own 2 ms, not d2 less 5 s (which would leave it unslept)
+    emu.chain(5.0)
+    clock.t = 5.002
+    real, start = emu.begun(5.001)
+    emu.delay(clock.t - real, clock.t - start)
+    np.testing.assert_allclose(slept, [d2 - 0.102], rtol=0, atol=1e-12)
+    assert emu.due == pytest.approx(4.9 + d2)

@@ -55,7 +55,8 @@ class ComputeEmulation:
       an Exp(compute_s) draw: sleep until start + draw, where start is when
       the gradient's computation began, or, after `chain()`, when the
       previous gradient was due (a worker whose gradient times must be
-      memoryless end to end: asgd with one rank per group). A rank whose
+      memoryless end to end: asgd with one rank per group); a late
+      gradient carries at most one mean of delay into the next. A rank whose
       real step time exceeds a twentieth of the mean warns once.
 
     `sleep`, `warn` and `clock` can be replaced (tests use recorders)."""
@@ -120,7 +121,11 @@ class ComputeEmulation:
                       f"exceeds 1/20 of comm.emulate.compute_s = {self.mean:g} s; the "
                       "emulated compute times are no longer exponential (raise compute_s)")
         extra = total - elapsed_s
-        self.due = self.clock() + extra          # start + total, even when late
+        # due at start + total; a late gradient carries at most one mean of
+        # delay into the next (a one-off stall, e.g. compilation or a
+        # checkpoint, must not turn into a burst of unslept gradients)
+        now = self.clock()
+        self.due = max(now + extra, now - self.factor * self.mean)
         if extra > 0:
             self.sleep(extra)
         return max(extra, 0.0)
