@@ -23,6 +23,7 @@ one_thread_per_rank()        # before NumPy/Numba create their thread pools
 import numpy as np  # noqa: E402
 
 from . import config as C  # noqa: E402
+from .meter import Meter  # noqa: E402
 
 QUICKSTART = {
     "run": {"seed": 0, "epochs": 6.0, "eval_every": 500, "out_dir": "runs/quickstart"},
@@ -162,33 +163,6 @@ def build(cfg, topo):
     return {"backend": backend, "channel": channel, "data": data, "model": model, "algo": algo}
 
 
-class Meter:
-    """The running training-loss average between evaluations and the clock:
-    per-rank state that a checkpoint carries, so later records are identical."""
-
-    def __init__(self):
-        self.loss_acc, self.loss_n = 0.0, 0
-        self.t0 = time.perf_counter()
-
-    def add(self, loss):
-        self.loss_acc += loss
-        self.loss_n += 1
-
-    def mean(self):
-        return self.loss_acc / max(self.loss_n, 1)
-
-    def reset(self):
-        self.loss_acc, self.loss_n = 0.0, 0
-
-    def state_dict(self):
-        return {"loss_acc": float(self.loss_acc), "loss_n": int(self.loss_n),
-                "elapsed_s": time.perf_counter() - self.t0}
-
-    def load_state_dict(self, d):
-        self.loss_acc, self.loss_n = float(d["loss_acc"]), int(d["loss_n"])
-        self.t0 = time.perf_counter() - float(d.get("elapsed_s", 0.0))
-
-
 def open_checkpoints(cfg, topo, ctx, log, args, force=False):
     """The CheckpointManager (and the resume) when checkpoints are in play
     (`force`: a preemption checkpoint of a run without checkpoint.every);
@@ -224,6 +198,21 @@ def run(cfg, ctx, topo, args):
             f"({model.layout.size} params), {data.n_train} training samples, "
             f"{algo.total_steps} steps")
     stop_reason = None
+
+    def account(info, s, before):
+        """The running loss, and a training record every run.log_every steps."""
+        if info.loss is not None:
+            if not finite(info.loss):
+                raise FloatingPointError(
+                    f"non-finite training loss {info.loss} at step {s} on rank "
+                    f"{topo.rank}; lower algo.lr (checkpoints already written are kept)")
+            meter.add(info.loss)
+        # a server's step may apply nothing (no message yet): log only on progress
+        if s % cfg.run.log_every == 0 and meter.loss_n and s != before:
+            log.record(kind="train", step=s, epoch=shard.epoch + shard.pos / shard.steps_per_epoch,
+                       loss=meter.mean(), time_s=time.perf_counter() - meter.t0,
+                       bytes_train=channel.counters.bytes.get("train", 0.0), **algo.log_fields())
+
     while True:
         # asynchronous algorithms: checkpoints and stops happen where every
         # rank has agreed and quiesced (control.py); synchronous ones stop here
@@ -231,7 +220,9 @@ def run(cfg, ctx, topo, args):
                             want_checkpoint=ckpt is not None and ckpt.wants())
         stop_reason = verdict.stop
         if verdict and not algo.synchronous:
-            algo.quiesce()
+            # steps taken while quiescing (a server answering late gradients) are logged too
+            for s_q, info_q in algo.quiesce() or ():
+                account(info_q, s_q, s_q - 1)
             if verdict.checkpoint or stop_reason:
                 ckpt = ckpt or open_checkpoints(cfg, topo, ctx, log, args, force=True)
                 ckpt.save(final=bool(stop_reason))
@@ -241,18 +232,8 @@ def run(cfg, ctx, topo, args):
             raise RuntimeError(f"injected fault at step {algo.step_count} on rank {topo.rank}")
         before = algo.step_count
         info = algo.step(shard)
-        if info.loss is not None:
-            if not finite(info.loss):
-                raise FloatingPointError(
-                    f"non-finite training loss {info.loss} at step {algo.step_count} on rank "
-                    f"{topo.rank}; lower algo.lr (checkpoints already written are kept)")
-            meter.add(info.loss)
         s = algo.step_count
-        # a server's step may apply nothing (no message yet): log only on progress
-        if s % cfg.run.log_every == 0 and meter.loss_n and s != before:
-            log.record(kind="train", step=s, epoch=shard.epoch + shard.pos / shard.steps_per_epoch,
-                       loss=meter.mean(), time_s=time.perf_counter() - meter.t0,
-                       bytes_train=channel.counters.bytes.get("train", 0.0), **algo.log_fields())
+        account(info, s, before)
         if cfg.run.eval_every and s % cfg.run.eval_every == 0 and algo.synchronous:
             last = evaluate(model, algo.consensus_params(), data.test_X, data.test_y,
                             channel=channel, task=data.task)
@@ -285,7 +266,7 @@ def report(log, cfg, algo, shard, channel, metrics, loss, t0, final=False):
     """Progress line (rank 0) and an eval record in metrics.jsonl."""
     el = time.perf_counter() - t0
     s = algo.step_count
-    rate = algo.samples * algo.size / el if el > 0 else 0.0   # rank 0's pace, all ranks
+    rate = algo.progress_samples() / el if el > 0 else 0.0   # rank 0's pace, all ranks
     mb = channel.counters.bytes.get("train", 0.0) / 1e6
     ep = shard.epoch + shard.pos / shard.steps_per_epoch
     acc = metrics.get("test_accuracy")

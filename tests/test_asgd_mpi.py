@@ -144,3 +144,30 @@ def test_nothing_lost_with_a_slow_group_and_a_checkpoint():
         ok, msg = True, ""
     assert_all(ok, msg)
     assert_all(algo.consensus is not None and np.isfinite(algo.consensus).all(), "consensus")
+
+
+@pytest.mark.parallel(nprocs=5)
+def test_groups_of_two_quiesce_and_checkpoint_without_losing_a_step():
+    """Groups of 2 ranks: members learn of each quiescent point at their own
+    moment (the leader's command keeps the group's collectives matched);
+    frequent checkpoints, one slow group; every group step is a server update."""
+    base = shared_dir()
+    steps = 80
+    summ, ctx = run_on(COMM, os.path.join(base, "g2"), {
+        "algo.name": "asgd", "algo.groups": 2, "run.steps": steps, "run.dtype": '"float32"',
+        "comm.emulate.slow_ranks": "[3]", "comm.emulate.slowdown": 4.0,
+        "comm.emulate.compute": '"fixed"', "comm.emulate.compute_s": 0.002,
+        "checkpoint.every": 5})
+    algo = ctx["algo"]
+    # both ranks of a group took the same steps, and together the groups took run.steps
+    own = COMM.allgather(algo.step_count)
+    ok = own[1] == own[2] and own[3] == own[4] and own[1] + own[3] == steps == own[0]
+    if COMM.rank == 0:
+        s = summ
+        ok &= s["ps_pushes_sent_by_rank"] == s["ps_pushes_received_from_rank"] == \
+            [0, own[1], 0, own[3], 0]
+        with open(os.path.join(base, "g2", "metrics.jsonl")) as fh:
+            recs = [json.loads(ln) for ln in fh]
+        ok &= sum(r["kind"] == "checkpoint" for r in recs) >= 2
+        ok &= [r["step"] for r in recs if r["kind"] == "train"] == list(range(1, steps + 1))
+    assert_all(ok, f"steps {own}")

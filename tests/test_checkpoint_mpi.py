@@ -421,3 +421,72 @@ def test_asynchronous_checkpoints_at_agreed_quiesced_points(fake_async):
             ok = True
         ok &= ctx["algo"].quiesced == 1 and ctx["algo"].step_count < steps
         assert_all(ok, "async signal stop", comm=sub)
+
+
+def quiescent_state(path, P):
+    """'' if the checkpoint at `path` describes a consistent state with nothing
+    in flight, else what is wrong. Parameter-server algorithms: the server's
+    version = Σ pushes its clients sent = its count per source. Gossip: every
+    push counted as sent by r to j was merged by j from r."""
+    with h5py.File(path, "r") as f:
+        algo = [f[f"ranks/{r}/algo"] for r in range(P)]
+        if "from_rank" in algo[0]:
+            sent = [int(a["pushes"][0]) if "pushes" in a else 0 for a in algo]
+            got = algo[0]["from_rank"][()].tolist()
+            version = int(algo[0]["version"][0])
+            ok = version == sum(sent) == int(f.attrs["step"]) and got == sent
+            return "" if ok else f"version {version}, sent {sent}, counted {got}"
+        if "sent_to" in algo[0]:
+            sent = np.array([a["sent_to"][()] for a in algo])
+            got = np.array([a["recv_from"][()] for a in algo])
+            return "" if np.array_equal(sent, got.T) else f"sent {sent.tolist()} merged {got.T.tolist()}"
+    return "no consistency rule for this asynchronous algorithm: add one here"
+
+
+# gosgd: while its Issends are in flight the stop agreement's Iallreduce rounds
+# barely progress here (3-5 rounds in 300 steps against ~90 with algo.p = 0),
+# so a checkpoint.every request is agreed late or never; found by this test
+GOSGD_STALL = "gosgd: stop-agreement rounds stall while gossip Issends are in flight"
+ASYNC_NAMES = [pytest.param(n, marks=pytest.mark.xfail(reason=GOSGD_STALL, strict=False))
+               if n == "gosgd" else n
+               for n in sorted(n for n, cls in REGISTRY.items() if not cls.synchronous)]
+
+
+@pytest.mark.parametrize("name", ASYNC_NAMES)
+@pytest.mark.parallel(nprocs=4)
+def test_every_asynchronous_algorithm_checkpoints_quiescent_states_and_resumes(name):
+    """Every asynchronous algorithm in the registry, at the largest of 4, 2, 1
+    ranks it accepts: each checkpoint is a consistent state with nothing in
+    flight; a resume from the newest one runs to the end and its final
+    counts are consistent too (a message left in flight would hang the
+    drain, or be counted twice)."""
+    base = shared_dir()
+    failed = []
+    P = world_for(name)
+    for _, sub in sub_comms([P]):
+        if sub == MPI.COMM_NULL:
+            continue
+        # slow enough steps that the agreement rounds complete mid-run
+        sets = {**sweep_sets(name), "checkpoint.every": EVERY, "checkpoint.keep_last": 0,
+                "run.eval_every": 0, "run.steps": 8 * N, "comm.emulate.compute": '"fixed"',
+                "comm.emulate.compute_s": 0.003}
+        a_out, b_out = (os.path.join(base, f"async-{name}-{x}") for x in "AB")
+        train_once(sub, a_out, sets)
+        files = sub.bcast(list_checkpoints(os.path.join(a_out, "checkpoints")))
+        bad = [] if files else ["no checkpoint written"]
+        res = train_once(sub, b_out, {**sets, "checkpoint.every": 10 ** 6},
+                         resume=files[0] if files else None)
+        sub.Barrier()
+        if sub.rank == 0:
+            bad += [f"{os.path.basename(p)}: {why}" for p in files
+                    if (why := quiescent_state(p, P))]
+            s = res[0]
+            if "server_updates" in s:
+                pushes = s["ps_pushes_sent_by_rank"]
+                if pushes != s["ps_pushes_received_from_rank"] or sum(pushes) != s["server_updates"]:
+                    bad.append(f"after resume: pushes {pushes} vs {s['ps_pushes_received_from_rank']}")
+            if "gossip_weight_sum" in s and abs(s["gossip_weight_sum"] - 1.0) > 1e-12:
+                bad.append(f"after resume: push-sum weight {s['gossip_weight_sum']}")
+        failed = [f"{name} (P={P}): {b}" for b in sub.bcast(bad)]
+    failed = COMM.bcast(failed, root=0)
+    assert not failed, "asynchronous checkpoints:\n" + "\n".join(failed)

@@ -212,6 +212,10 @@ class Algorithm:
         """Algorithm-specific fields for summary.json."""
         return {}
 
+    def progress_samples(self) -> int:
+        """Samples all ranks processed, as this rank estimates it (progress line)."""
+        return self.samples * self.size
+
     def log_fields(self) -> dict:
         """Algorithm-specific fields added to every training record of
         metrics.jsonl (rank 0's view)."""

@@ -115,6 +115,7 @@ class ServerAlgorithm(Algorithm):
         self.stale = Staleness(staleness_bins(self.G))
         self.consensus = None
         self.last_loss = None
+        self.served = 0                    # server: samples behind the pushes it received
         self.stats = {}
 
     # -- one step -----------------------------------------------------------------------
@@ -153,7 +154,8 @@ class ServerAlgorithm(Algorithm):
     def _handle(self, kind, src, buf):
         if kind == "push":
             self.from_rank[src] += 1
-            version, loss, _, _ = self.server.header(buf)
+            version, loss, samples, _ = self.server.header(buf)
+            self.served += samples
             self.stale.add(self.version - version)
             self.last_loss = loss
             return self.serve_push(src, buf[:self.params.size], version)
@@ -174,10 +176,13 @@ class ServerAlgorithm(Algorithm):
     def quiesce(self):
         """Collective: afterwards no push, read, reply or command is in
         flight, and every rank holds the server's state (shared checkpoint
-        part)."""
+        part). Returns the updates the server applied on the way (late
+        gradients of leaders that had not yet seen the verdict)."""
+        took = []
         if self.is_server:
             while self.markers < self.G:
-                self.server.poll(self._handle, block=True)
+                if self.server.poll(self._handle, block=True)[0] == "push":
+                    took.append((self.step_count, StepInfo(loss=self.last_loss)))
             self.markers = 0
             self.server.complete()
         elif self.leader:
@@ -185,11 +190,12 @@ class ServerAlgorithm(Algorithm):
             self.client.quiesce()
         elif not self.quiesce_pending:
             while self._command(GO):       # serve the leader's steps until it quiesces
-                self.work(self.shard)
+                took.append((self.step_count + 1, self.work(self.shard)))
         self.quiesce_pending = False
         self.channel.Barrier()
         with self.channel.phase("checkpoint"):
             self._share()
+        return took
 
     def _share(self):
         """Every rank gets the server's (parameters, version)."""
@@ -246,6 +252,9 @@ class ServerAlgorithm(Algorithm):
     def summary(self):
         return dict(self.stats)
 
+    def progress_samples(self):
+        return self.served if self.is_server else super().progress_samples()
+
     def log_fields(self):
         return self.stale.stats() if self.is_server else {}
 
@@ -254,7 +263,7 @@ class ServerAlgorithm(Algorithm):
         local = {"step": self.step_count, "samples": self.samples, "version": self.version,
                  "finished": int(self.finished), "byes": self.byes,
                  "from_rank": self.from_rank, "stale_hist": self.stale.hist,
-                 "stale_total": self.stale.total}
+                 "stale_total": self.stale.total, "served": self.served}
         if self.client is not None:
             local.update(sent=self.client.sent, received=self.client.received,
                          pushes=self.client.pushes)
@@ -269,6 +278,7 @@ class ServerAlgorithm(Algorithm):
         self.from_rank[...] = np.asarray(lo["from_rank"])
         self.stale.hist[...] = np.asarray(lo["stale_hist"])
         self.stale.total = int(lo["stale_total"])
+        self.served = int(lo["served"])
         end = self.client or self.server
         if end is not None:
             end.sent, end.received = int(lo["sent"]), int(lo["received"])
