@@ -62,15 +62,15 @@ def test_one_worker_period_one_equals_closed_form():
 def test_nothing_lost_with_a_slow_worker_and_a_checkpoint():
     base = shared_dir()
     summ, ctx = run_on(COMM, os.path.join(base, "e3"), {
-        "algo.name": "easgd", "algo.H": 2, "run.steps": 40,
+        "algo.name": "easgd", "algo.H": 2, "run.steps": 80,
         "comm.emulate.slow_ranks": "[2]", "comm.emulate.slowdown": 10.0,
         "comm.emulate.compute": '"fixed"', "comm.emulate.compute_s": 0.001,
         "checkpoint.every": 9})
     if COMM.rank == 0:
         s = summ
         pushes = s["ps_pushes_sent_by_rank"]
-        ok = pushes == s["ps_pushes_received_from_rank"] == [0, 20, 20, 20]
-        ok &= s["server_updates"] == 60 and s["ps_replies_sent"] == 60     # one read per push
+        ok = pushes == s["ps_pushes_received_from_rank"] == [0, 40, 40, 40]
+        ok &= s["server_updates"] == 120 and s["ps_replies_sent"] == 120   # one read per push
         ok &= s["elastic_centre_change_max"] > 1e-3
         ok &= s["elastic_sent_sum_minus_centre_change"] <= 1e-12 * s["elastic_centre_change_max"]
         with open(os.path.join(base, "e3", "metrics.jsonl")) as fh:

@@ -69,9 +69,12 @@ class ASGD(ServerAlgorithm):
             raise ConfigError(f"algo.groups must be >= 0, got {o.groups}")
         if not -1 < o.momentum_target < 1:
             raise ConfigError(f"algo.momentum_target must be in (-1, 1), got {o.momentum_target}")
-        if a.optimizer != "sgd" or a.nesterov:
-            raise ConfigError("algo.optimizer: asgd applies v = momentum v - lr g at the server; "
-                              "use optimizer sgd without nesterov")
+        if a.optimizer != "sgd":
+            raise ConfigError(f"algo.optimizer: asgd applies v = momentum v - lr g at the server; "
+                              f"use sgd, not {a.optimizer!r}")
+        if a.nesterov:
+            raise ConfigError("algo.nesterov: asgd applies heavy-ball momentum at the server; "
+                              "set it false")
 
     @classmethod
     def groups_of(cls, cfg, workers: int) -> int:
