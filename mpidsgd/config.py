@@ -155,17 +155,19 @@ class AlgoConfig:
 class EmulateConfig:
     alpha: float = doc(0.0, "emulated latency: seconds per message sent")
     beta: float = doc(0.0, "emulated bandwidth: seconds per byte sent")
-    compute: str = doc("none", "extra compute delay per step: none | fixed | exponential")
-    compute_s: float = doc(0.0, "fixed delay, or the mean of the exponential delay, in seconds")
+    compute: str = doc("none", "emulated compute per gradient: none | fixed | exponential (added delays) | exponential_total (whole time ~ Exp)")
+    compute_s: float = doc(0.0, "fixed delay, or the mean of the exponential delay or total time, in seconds")
     slow_ranks: list = doc([], "ranks that compute slower (stragglers)", item=int)
     slowdown: float = doc(1.0, "compute-time factor of the slow ranks (3.0 = three times slower)")
 
     def validate(self):
         _check(self.alpha >= 0, "comm.emulate.alpha", "must be >= 0")
         _check(self.beta >= 0, "comm.emulate.beta", "must be >= 0")
-        _check(self.compute in ("none", "fixed", "exponential"), "comm.emulate.compute",
-               "must be none, fixed or exponential")
+        _check(self.compute in ("none", "fixed", "exponential", "exponential_total"),
+               "comm.emulate.compute", "must be none, fixed, exponential or exponential_total")
         _check(self.compute_s >= 0, "comm.emulate.compute_s", "must be >= 0")
+        _check(self.compute != "exponential_total" or self.compute_s > 0,
+               "comm.emulate.compute_s", "must be > 0 with compute = exponential_total")
         _check(self.slowdown >= 1, "comm.emulate.slowdown", "must be >= 1")
 
     @property

@@ -28,6 +28,7 @@ so under a learning-rate schedule it differs from the common optimizer's
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,6 +170,10 @@ class ASGD(ServerAlgorithm):
             c = self.client
             c.out.payload[...] = self.backend.asnumpy(self.grad)
             c.out.set_header(version=self.version, loss=loss, samples=n * int(X.shape[0]))
+            if n == 1:
+                # exponential_total: a group's whole cycle (this push, the
+                # reply, the next gradient) is one exponential draw
+                self.compute_emu.chain(time.perf_counter())
             c.push()
         if n > 1:
             self.gchan.Bcast(self.wmsg.buf, root=0)

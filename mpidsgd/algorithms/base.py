@@ -16,6 +16,7 @@ arrays and scalars. "shared" is identical on every rank (written once);
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -44,27 +45,94 @@ class StepInfo:
 
 
 class ComputeEmulation:
-    """Extra compute time per gradient: fixed or exponential delay, and a
-    slowdown factor for straggler ranks (3.0 = gradients take three times
-    as long there). Only wall time changes, never a number."""
+    """Emulated compute time per gradient, and a slowdown factor for
+    straggler ranks (3.0 = gradients take three times as long there).
+    Only wall time changes, never a number.
 
-    def __init__(self, emu_cfg, rank: int, seed: int):
+    - fixed: sleep `compute_s` after the real compute.
+    - exponential: sleep an Exp(compute_s) draw after the real compute.
+    - exponential_total: the whole gradient time, real compute included, is
+      an Exp(compute_s) draw: sleep until start + draw, where start is when
+      the gradient's computation began, or, after `chain()`, when the
+      previous gradient was due (a worker whose gradient times must be
+      memoryless end to end: asgd with one rank per group); a late
+      gradient carries at most one mean of delay into the next. A rank whose
+      real step time exceeds a twentieth of the mean warns once.
+
+    `sleep`, `warn` and `clock` can be replaced (tests use recorders)."""
+
+    WARN_FRACTION = 1 / 20
+
+    def __init__(self, emu_cfg, rank: int, seed: int, *, sleep=time.sleep, warn=None,
+                 clock=time.perf_counter):
         self.kind = emu_cfg.compute
         self.mean = emu_cfg.compute_s
+        self.rank = rank
         self.factor = emu_cfg.slowdown if rank in emu_cfg.slow_ranks else 1.0
         self.rng = np.random.default_rng([seed, rank, 0xC0])
         self.active = self.kind != "none" or self.factor != 1.0
+        self.sleep = sleep
+        self.warn = warn or _warn_stderr
+        self.clock = clock
+        self.calls = 0
+        self.warned = False
+        self.due = None           # when the last gradient was due (perf_counter s)
+        self.chained = None       # real time at which chain() was called
 
-    def delay(self, measured_s: float) -> float:
+    def chain(self, now: float):
+        """The next gradient's time runs from when the last one was due, so
+        everything in between (the round trip to a server, late wake-ups)
+        is inside the next draw. Only exponential_total chains."""
+        if self.kind == "exponential_total" and self.due is not None:
+            self.chained = now
+
+    def begun(self, t0: float):
+        """(real start, emulated start) of the gradient computed from `t0`."""
+        real, self.chained = self.chained, None
+        return (t0, t0) if real is None else (real, self.due)
+
+    def _draw(self) -> float:
+        return float(self.rng.exponential(self.mean)) if self.mean > 0 else 0.0
+
+    def delay(self, measured_s: float, elapsed_s: float | None = None) -> float:
+        """Sleep after a gradient whose real work took `measured_s` (and
+        `elapsed_s` since its emulated start); returns the seconds slept."""
+        self.calls += 1
+        if self.kind == "exponential_total":
+            return self._delay_total(measured_s, measured_s if elapsed_s is None else elapsed_s)
         extra = 0.0
         if self.kind == "fixed":
             extra = self.mean
         elif self.kind == "exponential":
-            extra = float(self.rng.exponential(self.mean)) if self.mean > 0 else 0.0
+            extra = self._draw()
         extra = self.factor * extra + (self.factor - 1.0) * measured_s
         if extra > 0:
-            time.sleep(extra)
+            self.sleep(extra)
         return extra
+
+    def _delay_total(self, measured_s: float, elapsed_s: float) -> float:
+        # the gradient's whole time is factor * Exp(mean): sleep what is left
+        total = self.factor * self._draw()
+        # the first call pays one-off costs (compilation, first touch): not warned
+        if (not self.warned and self.calls > 1
+                and measured_s > self.WARN_FRACTION * self.factor * self.mean):
+            self.warned = True
+            self.warn(f"mpidsgd: warning: rank {self.rank}: real step time {measured_s:.3g} s "
+                      f"exceeds 1/20 of comm.emulate.compute_s = {self.mean:g} s; the "
+                      "emulated compute times are no longer exponential (raise compute_s)")
+        extra = total - elapsed_s
+        # due at start + total; a late gradient carries at most one mean of
+        # delay into the next (a one-off stall, e.g. compilation or a
+        # checkpoint, must not turn into a burst of unslept gradients)
+        now = self.clock()
+        self.due = max(now + extra, now - self.factor * self.mean)
+        if extra > 0:
+            self.sleep(extra)
+        return max(extra, 0.0)
+
+
+def _warn_stderr(text):
+    print(text, file=sys.stderr, flush=True)
 
 
 class Algorithm:
@@ -167,6 +235,8 @@ class Algorithm:
         loss = self.model.loss_grad(params, X, y, grad)
         if self.compute_emu.active:
             self.backend.synchronize()
-            self.compute_emu.delay(time.perf_counter() - t0)
+            now = time.perf_counter()
+            real, start = self.compute_emu.begun(t0)
+            self.compute_emu.delay(now - real, now - start)
         self.samples += int(X.shape[0])
         return loss
