@@ -10,6 +10,7 @@ never touches this file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 
@@ -46,7 +47,9 @@ class RunConfig:
     def validate(self):
         _check(self.steps >= 0, "run.steps", "must be >= 0")
         _check(self.epochs >= 0, "run.epochs", "must be >= 0")
-        _check(self.steps > 0 or self.epochs > 0, "run.steps", "set run.steps or run.epochs > 0")
+        if self.steps == 0 and self.epochs == 0:
+            raise ConfigError("run.steps and run.epochs are both 0: set run.steps (steps per rank) "
+                              "or run.epochs (epochs of each rank's shard) above 0")
         _check(self.eval_every >= 0, "run.eval_every", "must be >= 0")
         _check(self.log_every >= 1, "run.log_every", "must be >= 1")
         _check(self.dtype in ("float32", "float64"), "run.dtype", "must be float32 or float64")
@@ -57,10 +60,12 @@ class RunConfig:
 @dataclass
 class DataConfig:
     name: str = doc("synthetic", "synthetic | file")
-    task: str = doc("classification", "synthetic task: classification | regression")
+    task: str = doc("auto", "classification | binary | regression | auto (from the model: "
+                    "regression for a regression model, else classification)")
     path: str = doc("", "training file (.npz, .h5/.hdf5, .svm/.libsvm/.txt, IDX)")
     labels_path: str = doc("", "IDX labels file (default: the sibling *-labels-idx1-ubyte*)")
     test_path: str = doc("", "test file in the same format (default: a seeded split)")
+    label_column: object = doc(-1, "CSV: the label column, an index (-1 = last) or a header name")
     test_fraction: float = doc(0.2, "share of the data held out for testing without test_path")
     batch_size: int = doc(32, "per-rank mini-batch size")
     normalize: bool = doc(True, "standardise features with statistics of the training set")
@@ -73,8 +78,11 @@ class DataConfig:
 
     def validate(self):
         _check(self.name in ("synthetic", "file"), "data.name", "must be synthetic or file")
-        _check(self.task in ("classification", "regression", "binary"), "data.task",
-               "must be classification, binary or regression")
+        _check(self.task in ("auto", "classification", "regression", "binary"), "data.task",
+               "must be auto, classification, binary or regression")
+        lc = self.label_column
+        _check((isinstance(lc, int) and not isinstance(lc, bool)) or (isinstance(lc, str) and lc != ""),
+               "data.label_column", f"must be a column index or a header name, got {_clip(lc)}")
         _check(self.name != "file" or bool(self.path), "data.path", "is required when data.name = 'file'")
         _check(0 < self.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
         _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
@@ -108,7 +116,7 @@ class ModelConfig:
 class AlgoConfig:
     name: str = doc("sgd", "training algorithm (registry name)")
     lr: float = doc(0.1, "learning rate (peak value under a schedule)")
-    momentum: float = doc(0.0, "heavy-ball momentum of the local optimizer")
+    momentum: float = doc(0.0, "heavy-ball momentum of the local optimizer (centralvr, saga, svrg: 0)")
     nesterov: bool = doc(False, "Nesterov momentum")
     weight_decay: float = doc(0.0, "decoupled weight decay (SGD: added to the gradient)")
     optimizer: str = doc("sgd", "local optimizer: sgd | adamw")
@@ -222,24 +230,32 @@ def _check(ok, key, msg):
         raise ConfigError(f"{key} {msg}")
 
 
+def _clip(value, limit=80) -> str:
+    """repr(value) cut to `limit` characters: error lines quote, never dump."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 # -- building from TOML tables ---------------------------------------------------
 def _coerce(key, value, ftype, meta):
     """Check a TOML value against a field's type; ints are accepted as floats."""
     if ftype is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
+            raise ConfigError(f"{key} must be true or false, got {_clip(value)}")
         return value
     if ftype is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+            raise ConfigError(f"{key} must be an integer, got {_clip(value)}")
         return value
     if ftype is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+            raise ConfigError(f"{key} must be a number, got {_clip(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {_clip(value)}")
         return float(value)
     if ftype is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
+            raise ConfigError(f"{key} must be a string, got {_clip(value)}")
         return value
     if ftype is list:
         item = meta.get("item", int)
@@ -307,7 +323,7 @@ def parse_set(items) -> dict:
     out = {}
     for item in items or ():
         if "=" not in item:
-            raise ConfigError(f"--set {item!r} must look like section.key=value")
+            raise ConfigError(f"--set {_clip(item)} must look like section.key=value")
         path, raw = item.split("=", 1)
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
@@ -315,7 +331,7 @@ def parse_set(items) -> dict:
             value = raw
         keys = path.strip().split(".")
         if len(keys) < 2:
-            raise ConfigError(f"--set {item!r} must name section.key")
+            raise ConfigError(f"--set {_clip(item)} must name section.key")
         node = out
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -330,17 +346,24 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+def load_tables(path) -> dict:
+    """The parsed TOML file `path`; ConfigError when missing or malformed."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {_clip(str(exc), 120)[1:-1]}") from None
+
+
 def load(path=None, overrides=(), base: dict | None = None) -> Config:
     """Config from an optional TOML file, then `--set` overrides, validated."""
     tables = dict(base or {})
     if path:
-        try:
-            with open(path, "rb") as fh:
-                tables = merge(tables, tomllib.load(fh))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        tables = merge(tables, load_tables(path))
     return from_dict(merge(tables, parse_set(overrides)))
 
 
@@ -391,95 +414,8 @@ def dumps(cfg_or_dict) -> str:
     return "\n".join(lines)
 
 
-def reference() -> list:
-    """(key, default, meaning) rows of every common key, for --help and the README."""
-    rows = []
-
-    def walk(cls, prefix):
-        for f in fields(cls):
-            if f.metadata.get("skip"):
-                continue
-            hint = typing.get_type_hints(cls)[f.name]
-            if dataclasses.is_dataclass(hint):
-                walk(hint, f"{prefix}.{f.name}")
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((f"{prefix}.{f.name}", default, f.metadata.get("doc", "")))
-    for sec, cls in SECTIONS.items():
-        walk(cls, sec)
-    return rows
-
-
-def algorithm_reference() -> list:
-    """(key, default, meaning, algorithms) rows of the algorithm-specific keys
-    under [algo]: one row per (key, default, meaning), listing every
-    registered algorithm that declares it that way."""
-    from .algorithms import REGISTRY
-    merged = {}
-    for name in sorted(REGISTRY):
-        cls = REGISTRY[name]
-        opt = getattr(cls, "Options", None)
-        if opt is not None:
-            for f in fields(opt):
-                if f.metadata.get("skip"):
-                    continue
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                key = (f"algo.{f.name}", repr(default), f.metadata.get("doc", ""))
-                merged.setdefault(key, (default, []))[1].append(name)
-    return [(k, default, doc_, names) for (k, _, doc_), (default, names) in merged.items()]
-
-
-def _md_value(v):
-    return "`" + (_toml_value(v) if v != "" else '""') + "`"
-
-
-def _md_text(text):
-    """A table cell: a '|' in a meaning would split the row."""
-    return text.replace("|", "\\|")
-
-
-def markdown() -> str:
-    """The configuration reference as Markdown tables (README section)."""
-    from .algorithms import REGISTRY
-    out = ["| key | default | meaning |", "|---|---|---|"]
-    for key, default, meaning in reference():
-        out.append(f"| `{key}` | {_md_value(default)} | {_md_text(meaning)} |")
-    rows = algorithm_reference()
-    out += ["", "Algorithm-specific keys (same flat `[algo]` table; an algorithm rejects "
-            "the keys it does not know):", "",
-            "| key | algorithms | default | meaning |", "|---|---|---|---|"]
-    for key, default, meaning, names in sorted(rows, key=lambda r: (r[0], r[3])):
-        out.append(f"| `{key}` | {', '.join(names)} | {_md_value(default)} | {_md_text(meaning)} |")
-    changed = [(n, REGISTRY[n].defaults) for n in sorted(REGISTRY) if getattr(REGISTRY[n], "defaults", None)]
-    if changed:
-        out += ["", "Common defaults an algorithm changes: " + "; ".join(
-            f"`{n}`: " + ", ".join(f"`algo.{k} = {_toml_value(v)}`" for k, v in d.items())
-            for n, d in changed) + "."]
-    return "\n".join(out)
-
-
-def _main(argv=None):
-    """`python -m mpidsgd.config [--readme README.md]`: print the reference,
-    or rewrite the README's config tables between their markers."""
-    import argparse
-    import re
-    ap = argparse.ArgumentParser(prog="python -m mpidsgd.config", description=_main.__doc__)
-    ap.add_argument("--readme", help="rewrite the tables between <!-- config:table --> markers")
-    args = ap.parse_args(argv)
-    text = markdown()
-    if not args.readme:
-        print(text)
-        return 0
-    src = open(args.readme).read()
-    new, n = re.subn(r"(<!-- config:table -->\n).*?(<!-- /config:table -->)",
-                     lambda m: m.group(1) + text + "\n" + m.group(2), src, flags=re.S)
-    if n != 1:
-        raise SystemExit(f"{args.readme}: no <!-- config:table --> block")
-    with open(args.readme, "w") as fh:
-        fh.write(new)
-    return 0
-
-
 if __name__ == "__main__":
+    # `python -m mpidsgd.config`: the reference lives in config_ref.py
     import sys
-    sys.exit(_main())
+    from mpidsgd.config_ref import main
+    sys.exit(main())

@@ -2,6 +2,7 @@
 import pytest
 
 from mpidsgd import config as C
+from mpidsgd import config_ref as R
 
 
 def test_defaults_validate_and_roundtrip(tmp_path):
@@ -55,7 +56,7 @@ def test_missing_and_malformed_config_file(tmp_path):
 
 
 def test_reference_lists_every_key():
-    keys = {row[0] for row in C.reference()}
+    keys = {row[0] for row in R.reference()}
     for key in ("run.seed", "data.batch_size", "model.l2", "algo.lr", "comm.cuda_aware",
                 "comm.emulate.alpha", "checkpoint.every"):
         assert key in keys
@@ -67,14 +68,13 @@ def test_readme_documents_every_key_with_its_default():
     `python -m mpidsgd.config --readme README.md`)."""
     import os
     import re
-    from mpidsgd import config as C
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     text = open(os.path.join(root, "README.md")).read()
     m = re.search(r"<!-- config:table -->\n(.*?)<!-- /config:table -->", text, re.S)
     assert m, "README.md lacks the <!-- config:table --> block"
-    assert m.group(1).strip() == C.markdown().strip(), \
+    assert m.group(1).strip() == R.markdown().strip(), \
         "README config tables are stale: run python -m mpidsgd.config --readme README.md"
-    for key, default, meaning in C.reference():
-        assert f"| `{key}` | {C._md_value(default)} |" in m.group(1)
-    for key, default, meaning, names in C.algorithm_reference():
-        assert f"| `{key}` | {', '.join(names)} | {C._md_value(default)} |" in m.group(1)
+    for key, default, meaning in R.reference():
+        assert f"| `{key}` | {R._md_value(default)} |" in m.group(1)
+    for key, default, meaning, names in R.algorithm_reference():
+        assert f"| `{key}` | {', '.join(names)} | {R._md_value(default)} |" in m.group(1)
