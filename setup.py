@@ -33,7 +33,7 @@ setup(
         "gpu": ["cupy-cuda12x", "numba-cuda[cu12]"],
         "gpu-cuda13": ["cupy-cuda13x", "numba-cuda[cu13]"],
         "plot": ["matplotlib"],
-        "test": ["pytest>=7", "mpi-pytest>=2025.0", "pytest-timeout", "matplotlib"],
+        "test": ["pytest>=7", "mpi-pytest>=2025.0", "pytest-timeout", "matplotlib", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["mpidsgd-train=mpidsgd.train:main"]},
 )

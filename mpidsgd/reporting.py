@@ -14,7 +14,7 @@ def report(log, cfg, algo, shard, channel, metrics, loss, t0, final=False):
     acc = metrics.get("test_accuracy")
     quality = f"acc {100 * acc:6.2f}%" if acc is not None else f"mse {metrics.get('test_mse', 0):.4g}"
     log.record(kind="final" if final else "eval", step=s, epoch=ep, train_loss=loss,
-               time_s=el, bytes_train=mb * 1e6, **metrics)
+               time_s=el, bytes_train=mb * 1e6, samples=algo.samples * algo.size, **metrics)
     if cfg.run.progress or final:
         tag = "final" if final else f"step {s:>6}/{algo.total_steps}"
         log.say(f"{tag}  ep {ep:6.2f}  loss {loss:.4f}  {quality}  "

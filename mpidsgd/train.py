@@ -287,7 +287,8 @@ def run(cfg, ctx, topo, args):
         if s % cfg.run.log_every == 0 and meter.loss_n:
             log.record(kind="train", step=s, epoch=shard.epoch + shard.pos / shard.steps_per_epoch,
                        loss=meter.mean(), time_s=time.perf_counter() - meter.t0,
-                       bytes_train=channel.counters.bytes.get("train", 0.0))
+                       bytes_train=channel.counters.bytes.get("train", 0.0),
+                       samples=algo.samples * algo.size)
         if cfg.run.eval_every and s % cfg.run.eval_every == 0 and algo.synchronous:
             last = evaluate(model, algo.consensus_params(), data.test_X, data.test_y,
                             channel=channel, task=data.task)
