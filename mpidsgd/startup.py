@@ -74,18 +74,20 @@ def check_device(cfg):
 
 
 def check_writable_dir(path, key):
-    """Create `path` if needed and prove a file can be written in it."""
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError(f"{key} {path}: {parent} is a file, not a folder")
+    """Prove that `path` can be created and written, leaving nothing behind:
+    a probe file in `path`, or in its nearest existing ancestor."""
+    target = os.path.abspath(path)
+    while not os.path.exists(target):
+        target = os.path.dirname(target)
+    if not os.path.isdir(target):
+        where = "is a file" if target == os.path.abspath(path) else f"is under the file {target}"
+        raise ConfigError(f"{key} {path} {where}, not a folder")
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=target):
             pass
     except OSError as exc:
-        raise ConfigError(f"{key} {path} is not writable ({exc.strerror or type(exc).__name__})") from None
+        raise ConfigError(f"{key} {path} is not writable ({target}: "
+                          f"{exc.strerror or type(exc).__name__})") from None
 
 
 # -- memory ------------------------------------------------------------------------

@@ -78,3 +78,65 @@ def test_readme_documents_every_key_with_its_default():
         assert f"| `{key}` | {R._md_value(default)} |" in m.group(1)
     for key, default, meaning, names in R.algorithm_reference():
         assert f"| `{key}` | {', '.join(names)} | {R._md_value(default)} |" in m.group(1)
+
+
+@pytest.mark.parametrize("override", ["algo.lr=inf", "algo.lr=nan", "comm.emulate.alpha=-inf",
+                                      "model.l2=nan", "algo.density=nan", "run.epochs=inf"])
+def test_non_finite_floats_are_refused_by_name(override):
+    key = override.split("=")[0]
+    sets = ["run.steps=5", override] + (["algo.name=spardl"] if "density" in key else [])
+    with pytest.raises(C.ConfigError) as exc:
+        C.load(None, sets)
+    msg = str(exc.value)
+    assert msg.startswith(f"{key} must be a finite number"), msg
+    assert ">=" not in msg and "(" not in msg                # no range claim about a NaN
+
+
+def test_no_step_budget_names_both_keys_once():
+    with pytest.raises(C.ConfigError) as exc:
+        C.load(None, ["run.epochs=0"])
+    msg = str(exc.value)
+    assert msg.startswith("run.steps and run.epochs are both 0: set run.steps")
+    assert msg.count("run.steps") == 2 and msg.count("run.epochs") == 2
+
+
+def test_long_values_are_quoted_at_most_80_characters():
+    with pytest.raises(C.ConfigError) as exc:
+        C.load(None, ["run.steps=5", "run.dtype=" + "[" + ",".join(["1"] * 400) + "]"])
+    assert "run.dtype must be a string" in str(exc.value) and len(str(exc.value)) < 130
+
+
+def test_a_config_file_that_sets_nothing_is_the_quickstart(tmp_path):
+    from mpidsgd.defaults import QUICKSTART, load_cli
+    (tmp_path / "empty.toml").write_text("# nothing set\n")
+    cfg, notes = load_cli(str(tmp_path / "empty.toml"))
+    quick, _ = load_cli(None)
+    assert C.to_dict(cfg) == C.to_dict(quick) and notes == []
+    assert cfg.run.epochs == QUICKSTART["run"]["epochs"] and cfg.algo.name == "spardl"
+    # the reference (README table, python -m mpidsgd.config) shows these values
+    rows = {key: default for key, default, _ in R.reference()}
+    assert rows["run.out_dir"] == cfg.run.out_dir and rows["algo.momentum"] == cfg.algo.momentum
+    assert rows["model.hidden"] == cfg.model.hidden and rows["run.epochs"] == cfg.run.epochs
+
+
+@pytest.mark.parametrize("algo", ["centralvr", "saga", "svrg"])
+def test_vr_family_drops_only_the_quickstart_momentum(tmp_path, algo):
+    from mpidsgd.defaults import load_cli
+    cfg, notes = load_cli(None, [f"algo.name={algo}"])
+    assert cfg.algo.momentum == 0.0
+    assert len(notes) == 1 and algo in notes[0] and "algo.momentum = 0.9" in notes[0]
+    with pytest.raises(C.ConfigError, match="algo.momentum"):
+        load_cli(None, [f"algo.name={algo}", "algo.momentum=0.9"])
+    (tmp_path / "job.toml").write_text(f'[algo]\nname = "{algo}"\nmomentum = 0.5\n')
+    with pytest.raises(C.ConfigError, match="algo.momentum"):
+        load_cli(str(tmp_path / "job.toml"))
+    cfg, notes = load_cli(None, ["algo.name=sgd"])            # others keep it, silently
+    assert cfg.algo.momentum == 0.9 and notes == []
+
+
+def test_label_column_is_an_index_or_a_name():
+    assert C.load(None, ["run.steps=5", "data.label_column=target"]).data.label_column == "target"
+    assert C.load(None, ["run.steps=5", "data.label_column=0"]).data.label_column == 0
+    for bad in ("true", "1.5", "''"):
+        with pytest.raises(C.ConfigError, match="data.label_column"):
+            C.load(None, ["run.steps=5", f"data.label_column={bad}"])
