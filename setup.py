@@ -9,7 +9,8 @@ version = re.search(r'__version__ = "([^"]+)"',
                     (here / "mpidsgd" / "__init__.py").read_text()).group(1)
 
 packages = ["mpidsgd", "mpidsgd.comm", "mpidsgd.algorithms", "mpidsgd.models",
-            "mpidsgd.data", "mpidsgd.benchmarks", "mpidsgd.kernels"]
+            "mpidsgd.data", "mpidsgd.benchmarks", "mpidsgd.kernels",
+            "mpidsgd.kernels.cpu", "mpidsgd.kernels.cuda"]
 
 setup(
     name="mpidsgd",
@@ -33,6 +34,8 @@ setup(
         "gpu": ["cupy-cuda12x", "numba-cuda[cu12]"],
         "gpu-cuda13": ["cupy-cuda13x", "numba-cuda[cu13]"],
         "plot": ["matplotlib"],
+        # the documentation site: mkdocs build --strict (mkdocs.yml)
+        "docs": ["mkdocs>=1.6", "pymdown-extensions>=10"],
         "test": ["pytest>=7", "mpi-pytest>=2025.0", "pytest-timeout", "matplotlib", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["mpidsgd-train=mpidsgd.train:main"]},

@@ -1,6 +1,6 @@
-"""Independent float64 numpy simulation of CentralVR-Sync (algorithms/centralvr.md)
+"""Independent float64 numpy simulation of CentralVR-Sync (docs/algorithms/variance-reduction.md)
 on exactly the shards and sample orders the implementation sees, next to the
-implementation itself: the evidence behind the README's "Sync at P > 1" notes.
+implementation itself: the evidence behind "Sync at P > 1" in docs/results/variance-reduction.md.
 
     mpiexec -n 2 python docs/centralvr_sync_sim.py --lr 0.025 --epochs 30 --compare
     mpiexec -n 2 python docs/centralvr_sync_sim.py --lr 0.025 --same-shard
@@ -11,7 +11,7 @@ implementation itself: the evidence behind the README's "Sync at P > 1" notes.
 Task: the rates suite (jobs/bench/centralvr_rates.toml): logistic regression,
 2000 synthetic samples per rank x 20 features, batch 1, constant step. Every
 rank builds its shard with the package (as `python -m mpidsgd.train` does);
-rank 0 gathers them and runs the simulation, written from the spec alone:
+rank 0 gathers them and runs the simulation, written from the update rule alone:
 
     epoch 0:   x_k -= lr (∇f_i(x_k) + l2 x_k);                 T_k[i] = ∇f_i(x_k)
     epoch >= 1: x_k -= lr (∇f_i(x_k) - T_k[i] + ḡ + l2 x_k);    T_k[i] = ∇f_i(x_k)
@@ -42,7 +42,7 @@ def sig(t):
 
 def simulate(As, ys, orders, lr, l2, epochs, diag=False, saga=False):
     """rel. gradient norm after each epoch (and the --diag series). As[k]: rows [x_i, 1].
-    saga: the README's sync SAGA instead, a running mean a (reset to ḡ at each
+    saga: the documented sync SAGA instead, a running mean a (reset to ḡ at each
     epoch start) in place of ḡ, a += (new - old) / n_k after each step."""
     P, n = len(As), [len(A) for A in As]
     N = sum(n)
@@ -90,7 +90,7 @@ def main():
     ap.add_argument("--diag", action="store_true")
     ap.add_argument("--split", type=int, default=0,
                     help="run on one rank and simulate this many ranks, each holding a contiguous "
-                         "part of the shard (the spec's simulation read as n in total over p)")
+                         "part of the shard (n in total split over p ranks)")
     a = ap.parse_args()
     comm = MPI.COMM_WORLD
     cfg = C.from_dict({"run": {"seed": 0, "epochs": a.epochs, "dtype": "float64", "eval_every": 0},

@@ -8,6 +8,12 @@ kernels in the simulator (NUMBA_ENABLE_CUDASIM=1). Importing this package is
 cheap: numba.cuda and cupy are imported on first CUDA use, and compiled CPU
 code is cached on disk (cache=True) so concurrent ranks reuse it.
 
+Layout: one public module per op family at this level (its NumPy reference,
+argument checks and dispatch table), the Numba CPU code beneath in cpu/ and
+the Numba CUDA code in cuda/; common.py holds the dispatch and the checks
+that all of them share. cpu/ and cuda/ import only common.py, never an op
+module, so there is no import loop.
+
     topk_abs(x, k)                  -> (idx, vals)   k largest |x|, idx ascending
     threshold_select(x, t)          -> (idx, vals, count)   all |x| >= t
     ef_select(grad, residual, k)    -> (idx, vals)   error feedback, in place
@@ -18,7 +24,7 @@ code is cached on disk (cache=True) so concurrent ranks reuse it.
     restore_outside(dst, idx, old, keep)   dst[idx] = old except at keep (SparDL residual)
     densify_blocks(out, idx, val, c, d)    out <- sparse blocks of c, / d, zeros elsewhere
 """
-from ._dispatch import IMPLS
+from .common import IMPLS
 from .ef import ef_select
 from .mixing import mix
 from .packing import pack, packed_nbytes, unpack

@@ -14,8 +14,8 @@ grad + residual (the step is lost either way: the loss is non-finite).
 """
 import numpy as np
 
-from . import _dispatch as D
-from ._select import select_topk
+from . import common as D
+from .cpu.select import select_topk
 from .topk import topk_abs_numpy
 
 
@@ -35,8 +35,8 @@ def _ef_cpu(grad, residual, k, zero=True):
 
 
 def _ef_cuda(grad, residual, k, zero=True):
-    from . import _cuda_select
-    return _cuda_select.ef_select(grad, residual, k, zero=zero)
+    from .cuda import select
+    return select.ef_select(grad, residual, k, zero=zero)
 
 
 _EF = {"numpy": ef_select_numpy, "cpu": _ef_cpu, "cuda": _ef_cuda}

@@ -5,34 +5,20 @@ d = other - x, then x + w*d, with no fused multiply-add: every implementation
 then gives the same bits (the CUDA kernel uses explicitly rounded multiplies,
 since the GPU compiler would otherwise contract them into an FMA).
 """
-import numpy as np
-from numba import njit, prange
-
-from . import _dispatch as D
+from . import common as D
+from .cpu import mixing as cpu
 
 
 def mix_numpy(x, other, w):
     x += w * (other - x)
 
 
-@njit(parallel=True, cache=True)
-def _mix_par(x, other, w):
-    for i in prange(x.size):
-        x[i] += w * (other[i] - x[i])
-
-
-def _mix_cpu(x, other, w):
-    if not x.flags.c_contiguous:
-        raise ValueError("x must be C-contiguous (it is updated in place)")
-    _mix_par(x, np.ascontiguousarray(other), w)
-
-
 def _mix_cuda(x, other, w):
-    from . import _cuda_mix
-    _cuda_mix.mix(x, other, w)
+    from .cuda import mixing
+    mixing.mix(x, other, w)
 
 
-_MIX = {"numpy": mix_numpy, "cpu": _mix_cpu, "cuda": _mix_cuda}
+_MIX = {"numpy": mix_numpy, "cpu": cpu.mix, "cuda": _mix_cuda}
 
 
 def mix(x, other, w, *, impl=None):

@@ -15,14 +15,10 @@ unpack never need more (float64 values start at 4k, possibly not 8-aligned).
 import numbers
 
 import numpy as np
-from numba import njit
 
-from . import _dispatch as D
-
-
-def packed_nbytes(k, dtype):
-    """Size in bytes of a packed message of k (int32, dtype) pairs."""
-    return int(k) * (4 + np.dtype(dtype).itemsize)
+from . import common as D
+from .common import packed_nbytes
+from .cpu import packing as cpu
 
 
 def _as_int32(idx):
@@ -50,45 +46,18 @@ def unpack_numpy(buf, k, dtype):
     return idx, val
 
 
-# ---------------------------------------------------------------- Numba CPU
-# Whole messages are multiples of 4 bytes: copy 32-bit words.
-
-@njit(cache=True)
-def _copy_words(dst, src):
-    for i in range(src.size):
-        dst[i] = src[i]
-
-
-def pack_cpu(idx, val):
-    k = idx.size
-    buf = np.empty(packed_nbytes(k, val.dtype), np.uint8)
-    words = buf.view(np.uint32)
-    _copy_words(words[:k], np.ascontiguousarray(idx).view(np.uint32))
-    _copy_words(words[k:], np.ascontiguousarray(val).view(np.uint32))
-    return buf
-
-
-def unpack_cpu(buf, k, dtype):
-    words = buf[:packed_nbytes(k, dtype)].view(np.uint32)
-    idx = np.empty(k, np.int32)
-    val = np.empty(k, dtype)
-    _copy_words(idx.view(np.uint32), words[:k])
-    _copy_words(val.view(np.uint32), words[k:])
-    return idx, val
-
-
 def _pack_cuda(idx, val):
-    from . import _cuda_pack
-    return _cuda_pack.pack(idx, val)
+    from .cuda import packing
+    return packing.pack(idx, val)
 
 
 def _unpack_cuda(buf, k, dtype):
-    from . import _cuda_pack
-    return _cuda_pack.unpack(buf, k, dtype)
+    from .cuda import packing
+    return packing.unpack(buf, k, dtype)
 
 
-_PACK = {"numpy": pack_numpy, "cpu": pack_cpu, "cuda": _pack_cuda}
-_UNPACK = {"numpy": unpack_numpy, "cpu": unpack_cpu, "cuda": _unpack_cuda}
+_PACK = {"numpy": pack_numpy, "cpu": cpu.pack, "cuda": _pack_cuda}
+_UNPACK = {"numpy": unpack_numpy, "cpu": cpu.unpack, "cuda": _unpack_cuda}
 
 
 # ---------------------------------------------------------------- public API

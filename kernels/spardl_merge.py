@@ -11,8 +11,8 @@ gives the same bits as the NumPy reference (additions in the same order,
 starting from zero, so a lone -0.0 becomes +0.0 in both).
 """
 import numpy as np
-from numba import njit
 
+from .cpu import spardl as cpu
 
 
 def merge_sum_numpy(ia, va, ib, vb):
@@ -27,59 +27,7 @@ def merge_sum_numpy(ia, va, ib, vb):
     return union[keep], sums[keep]
 
 
-@njit(cache=True)
-def _merge(ia, va, ib, vb, oi, ov):
-    i = 0
-    j = 0
-    while i < ia.size and ia[i] < 0:
-        i += 1
-    while j < ib.size and ib[j] < 0:
-        j += 1
-    o = 0
-    while i < ia.size and j < ib.size:
-        a = ia[i]
-        b = ib[j]
-        if a < b:
-            oi[o] = a
-            ov[o] += va[i]
-            i += 1
-        elif b < a:
-            oi[o] = b
-            ov[o] += vb[j]
-            j += 1
-        else:
-            oi[o] = a
-            ov[o] += va[i]
-            ov[o] += vb[j]
-            i += 1
-            j += 1
-        o += 1
-    while i < ia.size:
-        oi[o] = ia[i]
-        ov[o] += va[i]
-        i += 1
-        o += 1
-    while j < ib.size:
-        oi[o] = ib[j]
-        ov[o] += vb[j]
-        j += 1
-        o += 1
-    return o
-
-
-def merge_sum_cpu(ia, va, ib, vb):
-    idt = np.result_type(ia.dtype, ib.dtype)
-    ia = np.ascontiguousarray(ia, idt)
-    ib = np.ascontiguousarray(ib, idt)
-    va = np.ascontiguousarray(va)
-    vb = np.ascontiguousarray(vb, va.dtype)
-    oi = np.empty(ia.size + ib.size, idt)
-    ov = np.zeros(ia.size + ib.size, va.dtype)
-    o = _merge(ia, va, ib, vb, oi, ov)
-    return oi[:o], ov[:o]
-
-
-_MERGE = {"numpy": merge_sum_numpy, "cpu": merge_sum_cpu}
+_MERGE = {"numpy": merge_sum_numpy, "cpu": cpu.merge_sum}
 
 
 def merge_sum(ia, va, ib, vb, *, impl=None):

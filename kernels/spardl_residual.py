@@ -24,9 +24,9 @@ lone -0.0 becomes +0.0), so every implementation gives the same bits as the
 NumPy reference when the indices of a row are unique.
 """
 import numpy as np
-from numba import njit
 
-from . import _dispatch as D
+from . import common as D
+from .cpu import spardl as cpu
 
 INDEX = (np.dtype(np.int32), np.dtype(np.int64))
 
@@ -53,49 +53,15 @@ def _check_restore(n, idx, keep):
     raise ValueError(f"restore_outside: idx outside [0, {n})")
 
 
-@njit(cache=True)
-def _restore_merge(dst, idx, old, keep, inside):
-    # checks first (nothing written on bad input): 1 = keep, 2 = idx
-    n = dst.size
-    for q in range(1, keep.size):
-        if keep[q] <= keep[q - 1]:
-            return 1
-    for i in range(idx.size):
-        if idx[i] < 0 or idx[i] >= n:
-            return 2
-    # merge while idx ascends; after a descent, binary search for the rest
-    q = 0
-    prev = -1
-    merging = True
-    for i in range(idx.size):
-        j = idx[i]
-        merging = merging and j >= prev
-        if merging:
-            while q < keep.size and keep[q] < j:
-                q += 1
-            found = q < keep.size and keep[q] == j
-        else:
-            p = np.searchsorted(keep, j)
-            found = p < keep.size and keep[p] == j
-        prev = j
-        if found == inside:
-            dst[j] = old[i]
-    return 0
-
-
 def _restore_cpu(dst, idx, old, keep, inside=False):
-    if not dst.flags.c_contiguous:
-        raise ValueError("dst must be C-contiguous (it is updated in place)")
-    bad = _restore_merge(dst, np.ascontiguousarray(idx), np.ascontiguousarray(old),
-                          np.ascontiguousarray(keep), bool(inside))
-    if bad:
+    if cpu.restore_outside(dst, idx, old, keep, inside):
         _check_restore(dst.size, idx, keep)     # raises the message
 
 
 def _restore_cuda(dst, idx, old, keep, inside=False):
-    from . import _cuda_spardl
+    from .cuda import spardl
     _check_restore(dst.size, idx, keep)
-    _cuda_spardl.restore_outside(dst, idx, old, keep, inside)
+    spardl.restore_outside(dst, idx, old, keep, inside)
 
 
 _RESTORE = {"numpy": restore_outside_numpy, "cpu": _restore_cpu, "cuda": _restore_cuda}
@@ -135,48 +101,15 @@ def _check_densify(idx, c):
         raise ValueError(f"densify_blocks: indices must be in [0, {c}) or -1")
 
 
-@njit(cache=True)
-def _densify(out, idx, val, c, div):
-    # check first (1 = an index outside [0, c) that is not -1), then one pass
-    for b in range(idx.shape[0]):
-        for j in range(idx.shape[1]):
-            if idx[b, j] < -1 or idx[b, j] >= c:
-                return 1
-    n = out.size
-    zero = out.dtype.type(0)
-    p = 0                                   # out[:p] is final apart from late adds
-    for b in range(idx.shape[0]):
-        base = b * c
-        for j in range(idx.shape[1]):
-            i = idx[b, j]
-            if i == -1:
-                continue
-            g = base + i
-            if g >= n:
-                continue
-            v = zero + val[b, j] / div
-            if g >= p:
-                out[p:g] = 0                # (a slice store: vectorised)
-                out[g] = v
-                p = g + 1
-            else:
-                out[g] += v
-    out[p:] = 0
-    return 0
-
-
 def _densify_cpu(out, idx, val, c, divisor):
-    if not out.flags.c_contiguous:
-        raise ValueError("out must be C-contiguous (it is written in place)")
-    if _densify(out, np.ascontiguousarray(idx), np.ascontiguousarray(val), np.int64(c),
-                out.dtype.type(divisor)):
+    if cpu.densify_blocks(out, idx, val, c, divisor):
         _check_densify(idx, c)                  # raises the message
 
 
 def _densify_cuda(out, idx, val, c, divisor):
-    from . import _cuda_spardl
+    from .cuda import spardl
     _check_densify(idx, c)
-    _cuda_spardl.densify_blocks(out, idx, val, c, divisor)
+    spardl.densify_blocks(out, idx, val, c, divisor)
 
 
 _DENSIFY = {"numpy": densify_blocks_numpy, "cpu": _densify_cpu, "cuda": _densify_cuda}

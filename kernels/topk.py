@@ -6,13 +6,13 @@ equal), ties go to the lower index. NaN or Inf anywhere in x is a ValueError.
 
 Implementations: "numpy" (reference: np.partition on the key), "cpu" (Numba:
 sample-estimated bound, one collecting pass, exact radix select among the
-candidates; see _select.py), "cuda" (Numba CUDA radix select + stable
-compaction; see _cuda_select.py).
+candidates; see cpu/select.py), "cuda" (Numba CUDA radix select + stable
+compaction; see cuda/select.py).
 """
 import numpy as np
 
-from . import _dispatch as D
-from ._select import select_threshold, select_topk
+from . import common as D
+from .cpu.select import select_threshold, select_topk
 
 
 def _keys(x):
@@ -60,13 +60,13 @@ def _threshold_cpu(x, t):
 
 
 def _topk_cuda(x, k):
-    from . import _cuda_select
-    return _cuda_select.topk_abs(x, k)
+    from .cuda import select
+    return select.topk_abs(x, k)
 
 
 def _threshold_cuda(x, t):
-    from . import _cuda_select
-    return _cuda_select.threshold_select(x, D.threshold_key(t, x.dtype))
+    from .cuda import select
+    return select.threshold_select(x, D.threshold_key(t, x.dtype))
 
 
 _TOPK = {"numpy": topk_abs_numpy, "cpu": _topk_cpu, "cuda": _topk_cuda}

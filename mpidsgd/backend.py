@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
+# one definition of "lives on the device", shared with the kernels' dispatch
+from .kernels.common import is_device_array
 
-def is_device_array(a) -> bool:
-    """True for arrays that live in GPU memory (CuPy, or a test double)."""
-    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+
+def array_module(a):
+    """numpy for host arrays, cupy for CuPy arrays."""
+    if not is_device_array(a):
+        return np
+    import cupy
+    return cupy.get_array_module(a)
 
 
 class Backend:

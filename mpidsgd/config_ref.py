@@ -2,7 +2,7 @@
 
 The default column is what a `python -m mpidsgd.train` run gets when nothing
 sets the key: the quickstart's value where it has one (defaults.py), else the
-dataclass default. `--readme README.md` rewrites the README's tables.
+dataclass default. `--write docs/configuration.md` rewrites the docs page's tables.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .defaults import default_of
 
 
 def reference() -> list:
-    """(key, default, meaning) rows of every common key, for --help and the README."""
+    """(key, default, meaning) rows of every common key, for --help and docs/configuration.md."""
     rows = []
 
     def walk(cls, prefix):
@@ -65,7 +65,7 @@ def _md_text(text):
 
 
 def markdown() -> str:
-    """The configuration reference as Markdown tables (README section)."""
+    """The configuration reference as Markdown tables (docs/configuration.md)."""
     from .algorithms import REGISTRY
     out = ["| key | default | meaning |", "|---|---|---|"]
     for key, default, meaning in reference():
@@ -85,22 +85,35 @@ def markdown() -> str:
 
 
 def main(argv=None):
-    """`python -m mpidsgd.config [--readme README.md]`: print the reference,
-    or rewrite the README's config tables between their markers."""
+    """`python -m mpidsgd.config [--write FILE | --check FILE]`: print the
+    reference, rewrite the tables between the markers of FILE (the docs page
+    docs/configuration.md), or exit 1 if FILE's tables are stale."""
     import argparse
     import re
+    import sys
     ap = argparse.ArgumentParser(prog="python -m mpidsgd.config", description=main.__doc__)
-    ap.add_argument("--readme", help="rewrite the tables between <!-- config:table --> markers")
+    ap.add_argument("--write", "--readme", dest="write", metavar="FILE",
+                    help="rewrite the tables between <!-- config:table --> markers of FILE")
+    ap.add_argument("--check", metavar="FILE",
+                    help="exit 1 if the tables between FILE's markers differ from the code")
     args = ap.parse_args(argv)
     text = markdown()
-    if not args.readme:
+    path = args.write or args.check
+    if not path:
         print(text)
         return 0
-    src = open(args.readme).read()
-    new, n = re.subn(r"(<!-- config:table -->\n).*?(<!-- /config:table -->)",
-                     lambda m: m.group(1) + text + "\n" + m.group(2), src, flags=re.S)
+    src = open(path).read()
+    # the block between the markers is replaced whole, so the page cannot drift
+    pattern = r"(<!-- config:table -->\n).*?(<!-- /config:table -->)"
+    new, n = re.subn(pattern, lambda m: m.group(1) + text + "\n" + m.group(2), src, flags=re.S)
     if n != 1:
-        raise SystemExit(f"{args.readme}: no <!-- config:table --> block")
-    with open(args.readme, "w") as fh:
+        raise SystemExit(f"{path}: no <!-- config:table --> block")
+    if args.check:
+        if new != src:
+            print(f"{path}: configuration tables are stale; run "
+                  f"python -m mpidsgd.config --write {path}", file=sys.stderr)
+            return 1
+        return 0
+    with open(path, "w") as fh:
         fh.write(new)
     return 0

@@ -33,7 +33,6 @@ import numpy as np
 from mpi4py import MPI
 
 TIME_LIMIT, SIGNAL, CHECKPOINT, LEFT = 1, 2, 4, 8
-REASONS = {1: "time_limit", 2: "signal"}
 
 
 def reason_of(flags: int):

@@ -22,7 +22,7 @@ def report(log, cfg, algo, shard, channel, metrics, loss, t0, final=False):
 
 
 def make_summary(cfg, topo, algo, shard, channel, final, train_loss, wall, stop_reason):
-    """summary.json fields (DESIGN.md); communication figures are rank means."""
+    """summary.json fields (docs/getting-started.md); communication figures are rank means."""
     phases = sorted(set(channel.counters.bytes))
     with channel.phase("metrics"):
         vals = channel.allreduce_values(

@@ -35,7 +35,7 @@ def parse_args(argv=None):
                     "--config is the built-in quickstart (jobs/quickstart.toml); a --config "
                     "file and --set change keys of it.",
         epilog="Defaults: every key that neither the --config file nor --set gives takes "
-               "the quickstart's value (python -m mpidsgd.config lists them all, "
+               "the quickstart's value (docs/configuration.md and python -m mpidsgd.config list them all, "
                "--print-config shows a run's). Example: --set algo.name=sgd --set algo.lr=0.1")
     p.add_argument("--config", help="TOML job file (jobs/*.toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -143,7 +143,7 @@ def check_start(cfg, topo):
 
 
 def build(cfg, topo):
-    """Everything a run needs, in the order DESIGN.md gives."""
+    """Everything a run needs, in the order docs/design.md gives."""
     from .backend import Backend
     from .comm.channel import Channel, NetworkEmulation, agree_error
     from .data import load_data
@@ -182,7 +182,7 @@ def build_params(cfg, topo, backend, data):
                         l2=m.l2, dtype=cfg.run.dtype, xp=backend.xp)
     err, params = None, None
     try:
-        check_model_memory(cfg, model.layout.size, model.dtype.itemsize, topo.local_size)
+        check_model_memory(cfg, model.layout.size, model.dtype.itemsize, topo.shared.Get_size())
         params = backend.xp.zeros(model.layout.size, dtype=cfg.run.dtype)
         # identical initial parameters on every rank: the same seeded stream
         model.init(params, np.random.default_rng([cfg.run.seed, 0x1D]))

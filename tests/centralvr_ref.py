@@ -1,5 +1,5 @@
-"""Plain serial float64 simulation of algorithms/centralvr.md (CentralVR-Sync,
-and the SAGA / SVRG reconstructions) over P shards, written from the spec with
+"""Plain serial float64 simulation of docs/algorithms/variance-reduction.md (CentralVR-Sync,
+and the SAGA / SVRG reconstructions) over P shards, written from the rules with
 its own model derivatives, for the tests to compare against.
 
 Linear models only: x = [W (d or d*C), b (1 or C)], data loss ℓ(z, y) with
@@ -42,7 +42,7 @@ def full_grad(model, x, Xs, ys, l2, C=None):
 
 
 def batch_ids(sampling, seed, epoch, rank, n, B, steps):
-    """The sample ids of every step of one local epoch, as the spec's data order."""
+    """The sample ids of every step of one local epoch, in the documented data order."""
     perm = np.random.default_rng([seed, SHUFFLE, epoch, rank]).permutation(n)
     for s in range(steps):
         if sampling == "replacement":

@@ -1,8 +1,8 @@
 """Test helpers for the local SGD family: a tiny problem, the algorithm built
 on any communicator, and an independent serial float64 simulation of
-algorithms/local_sgd.md that runs every rank's update in one process.
+docs/algorithms/local-sgd.md that runs every rank's update in one process.
 
-The simulation is written from the spec, not from mpidsgd/algorithms/local.py:
+The simulation is written from the rules, not from mpidsgd/algorithms/local.py:
 plain NumPy, heavy-ball inner momentum, Nesterov outer step, its own batch
 stream per simulated rank (fresh Shards, so a mixing step that consumed a
 batch would shift every later batch). Only the Bernoulli decisions come from
@@ -78,7 +78,7 @@ def run_steps(algo, shard, n):
 
 
 def simulate(cfg, P, x0, model, shard_list, decisions):
-    """Every rank's x_k after every step, per algorithms/local_sgd.md.
+    """Every rank's x_k after every step, per docs/algorithms/local-sgd.md.
 
     decisions[k][t]: True where rank k took a mixing step at global step t.
     Returns (xs[t][k], xbar[t], final x_k list after finish)."""

@@ -1,5 +1,5 @@
 """Plain serial simulation of one SparDL step for ALL ranks at once, written
-straight from the pseudocode of algorithms/spardl.md (no project code), used
+straight from the rules in docs/algorithms/sparse.md (no project code), used
 as the reference the MPI collective must match bit for bit.
 
 Arrays are indexed [global rank, block, offset]; the team of global rank q is

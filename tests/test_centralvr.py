@@ -1,6 +1,6 @@
 """Serial tests of the variance-reduced methods: config errors, the tableau
 against dense per-sample gradients, block tables and SAGA with duplicate draws
-against the serial simulation of algorithms/centralvr.md."""
+against the serial simulation of docs/algorithms/variance-reduction.md."""
 import os
 
 import numpy as np

@@ -1,5 +1,5 @@
 """CentralVR / SAGA / SVRG under MPI against the serial float64 simulation of
-algorithms/centralvr.md (tests/centralvr_ref.py).
+docs/algorithms/variance-reduction.md (tests/centralvr_ref.py).
 
 4-rank launch: P = 1..4 on sub-communicators, single and sync modes, every
 method and linear model, unequal shards (weights n_k / N, samples left out of

@@ -62,18 +62,18 @@ def test_reference_lists_every_key():
         assert key in keys
 
 
-def test_readme_documents_every_key_with_its_default():
-    """Every common key and every algorithm's own key appears in the README's
-    configuration tables with the default the code uses (regenerate with
-    `python -m mpidsgd.config --readme README.md`)."""
+def test_docs_page_documents_every_key_with_its_default():
+    """Every common key and every algorithm's own key appears in the tables
+    of docs/configuration.md with the default the code uses (regenerate with
+    `python -m mpidsgd.config --write docs/configuration.md`)."""
     import os
     import re
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    text = open(os.path.join(root, "README.md")).read()
+    text = open(os.path.join(root, "docs", "configuration.md")).read()
     m = re.search(r"<!-- config:table -->\n(.*?)<!-- /config:table -->", text, re.S)
-    assert m, "README.md lacks the <!-- config:table --> block"
+    assert m, "docs/configuration.md lacks the <!-- config:table --> block"
     assert m.group(1).strip() == R.markdown().strip(), \
-        "README config tables are stale: run python -m mpidsgd.config --readme README.md"
+        "config tables are stale: run python -m mpidsgd.config --write docs/configuration.md"
     for key, default, meaning in R.reference():
         assert f"| `{key}` | {R._md_value(default)} |" in m.group(1)
     for key, default, meaning, names in R.algorithm_reference():
@@ -113,7 +113,7 @@ def test_a_config_file_that_sets_nothing_is_the_quickstart(tmp_path):
     quick, _ = load_cli(None)
     assert C.to_dict(cfg) == C.to_dict(quick) and notes == []
     assert cfg.run.epochs == QUICKSTART["run"]["epochs"] and cfg.algo.name == "spardl"
-    # the reference (README table, python -m mpidsgd.config) shows these values
+    # the reference (docs/configuration.md, python -m mpidsgd.config) shows these values
     rows = {key: default for key, default, _ in R.reference()}
     assert rows["run.out_dir"] == cfg.run.out_dir and rows["algo.momentum"] == cfg.algo.momentum
     assert rows["model.hidden"] == cfg.model.hidden and rows["run.epochs"] == cfg.run.epochs
@@ -140,3 +140,13 @@ def test_label_column_is_an_index_or_a_name():
     for bad in ("true", "1.5", "''"):
         with pytest.raises(C.ConfigError, match="data.label_column"):
             C.load(None, ["run.steps=5", f"data.label_column={bad}"])
+
+
+def test_config_check_flags_a_stale_page(tmp_path):
+    """--check exits 1 on a page whose tables differ from the code, 0 after --write."""
+    page = tmp_path / "configuration.md"
+    page.write_text("intro\n<!-- config:table -->\n| stale |\n<!-- /config:table -->\n")
+    assert R.main(["--check", str(page)]) == 1
+    assert R.main(["--write", str(page)]) == 0
+    assert R.main(["--check", str(page)]) == 0
+    assert page.read_text().startswith("intro\n")

@@ -167,7 +167,7 @@ def test_pure_mixing_converges_to_the_initial_average():
 
 
 def simulate(P, T, p, seed, lr, momentum, model, shards, x0):
-    """The spec's deterministic gosgd in one process, float64: every rank
+    """Deterministic gosgd (docs/algorithms/gossip.md) in one process, float64: every rank
     takes its SGD step, pushes as the shared schedule says (halving its
     weight), then merges what was pushed to it, in source-rank order."""
     x = [v.copy() for v in x0]

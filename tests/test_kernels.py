@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import mpidsgd.kernels as K
-from mpidsgd.kernels import _select, scatter
+from mpidsgd.kernels import scatter
+from mpidsgd.kernels.cpu import scatter as cpu_scatter
+from mpidsgd.kernels.cpu import select as cpu_select
 
 DTYPES = [np.float32, np.float64]
 
@@ -158,7 +160,7 @@ def test_cpu_chunks_merge_in_index_order(nchunks, dtype):
     for kind in ["normal", "equal", "few"]:
         x = vector(kind, 70001, dtype, seed=nchunks)
         for k in [1, 700, 23334, 70001]:
-            idx, vals = _select.select_topk(x, k, nchunks=nchunks)
+            idx, vals = cpu_select.select_topk(x, k, nchunks=nchunks)
             ridx, rvals = oracle_topk(x, k)
             assert np.array_equal(idx, ridx) and same(vals, rvals), (kind, k)
 
@@ -169,15 +171,15 @@ def test_cpu_fallback_when_the_sample_misjudges(monkeypatch, bound, dtype):
     # too high: fewer than k candidates; too low: the buffers overflow
     key = np.array(1e30 if bound == "too_high" else 1e-30, dtype).view(
         np.uint32 if dtype == np.float32 else np.uint64)[()]
-    monkeypatch.setattr(_select, "_estimate", lambda x, g, k: (key, 64))
+    monkeypatch.setattr(cpu_select, "_estimate", lambda x, g, k: (key, 64))
     for nchunks in [1, 3]:
         x = vector("normal", 50000, dtype, seed=1)
-        idx, vals = _select.select_topk(x, 500, nchunks=nchunks)
+        idx, vals = cpu_select.select_topk(x, 500, nchunks=nchunks)
         ridx, rvals = oracle_topk(x, 500)
         assert np.array_equal(idx, ridx) and same(vals, rvals)
         g, r = vector("normal", 50000, dtype, 2), vector("few", 50000, dtype, 3)
         r2 = r.copy()
-        idx, vals = _select.select_topk(r2, 500, g=g, nchunks=nchunks)
+        idx, vals = cpu_select.select_topk(r2, 500, g=g, nchunks=nchunks)
         ridx, rvals, rnew = oracle_ef(g, r, 500)
         assert np.array_equal(idx, ridx) and same(vals, rvals) and same(r2, rnew)
 
@@ -328,8 +330,8 @@ def test_scatter_add_cpu_order_is_input_order(monkeypatch, nthreads_path, dtype)
     # random values: in-order summation must match np.add.at bit for bit,
     # for the serial kernel and for the range-parallel one
     if nthreads_path:
-        monkeypatch.setattr(scatter.numba, "get_num_threads", lambda: 3)
-        monkeypatch.setattr(scatter, "PARALLEL_MIN", 1)
+        monkeypatch.setattr(cpu_scatter.numba, "get_num_threads", lambda: 3)
+        monkeypatch.setattr(cpu_scatter, "PARALLEL_MIN", 1)
     rng = np.random.default_rng(4)
     dst = rng.standard_normal(1000).astype(dtype)
     idx = rng.integers(-1, 1000, 40000)
@@ -411,7 +413,7 @@ def test_mix_matches_oracle(impl, dtype):
 # ---------------------------------------------------------------- dispatch, import, cache
 
 def test_dispatch_by_array_type():
-    from mpidsgd.kernels import _dispatch as D
+    from mpidsgd.kernels import common as D
     assert D.choose(None, np.zeros(1)) == "cpu"
     assert D.choose("numpy", np.zeros(1)) == "numpy"
 
@@ -436,7 +438,7 @@ def test_import_is_cheap_and_lazy():
 
 def test_compiled_code_is_cached_on_disk():
     code = ("import numpy as np, mpidsgd.kernels as K\n"
-            "from mpidsgd.kernels import _select_cpu as S\n"
+            "from mpidsgd.kernels.cpu import select_kernels as S\n"
             "x = np.random.default_rng(0).standard_normal(40000).astype(np.float32)\n"
             "K.topk_abs(x, 100)\n"
             "print(sum(S.collect.stats.cache_hits.values()), "

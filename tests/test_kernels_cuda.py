@@ -76,8 +76,8 @@ if SIM:
 
     def test_simulator_is_on():
         from numba import cuda
-        from mpidsgd.kernels import _cuda_util
-        assert _cuda_util.SIM
+        from mpidsgd.kernels.cuda import util
+        assert util.SIM
         assert type(cuda.to_device(np.zeros(1))).__name__ == "FakeCUDAArray"
 
     SIZES = [0, 1, 100, 129, 300]          # tile = 128 elements in the simulator

@@ -1,6 +1,6 @@
 """localsgd / diloco / palsgd without mpiexec: registry and config keys,
 validation errors naming the key, the mixing draws, and the one-rank run
-against the serial simulation of algorithms/local_sgd.md (the MPI file
+against the serial simulation of docs/algorithms/local-sgd.md (the MPI file
 covers P = 1..5)."""
 
 import numpy as np

@@ -1,5 +1,5 @@
 """localsgd / diloco / palsgd under MPI against the serial float64 simulation
-of algorithms/local_sgd.md (tests/local_sgd_ref.py), for every world size
+of docs/algorithms/local-sgd.md (tests/local_sgd_ref.py), for every world size
 1..5 in one launch of 5 ranks (sub-communicators).
 
 Checked per step on every rank: x_k (1e-12 relative), x̄ identical on all

@@ -1,5 +1,5 @@
-"""SparDL collective under MPI against the plain serial simulation of the spec
-(tests/spardl_ref.py), plus the six tests of algorithms/spardl.md:
+"""SparDL collective under MPI against the plain serial simulation of SparDL
+(tests/spardl_ref.py), plus six properties of SparDL:
 
 1 identical results on all ranks; density 1 (d = 1) is the dense mean, E = 0
 2 conservation of gradient mass; off the final support E_new = g + E_old exactly
@@ -62,7 +62,7 @@ def run_case(sub, n, density, dtype, teams=1, sag="bruck", batched=True, seed=0,
             if not cond:
                 ok = False
                 why.append(f"{tag} step {step}: {what}")
-        # the serial simulation of the spec, bit for bit
+        # the serial simulation, bit for bit
         check(np.array_equal(out, ref["out"]), "result differs from the serial simulation")
         check(np.array_equal(E_new, ref["E"][q]), "residual differs from the serial simulation")
         check(not sd.E[n:].any() and not ref["pad"].any(), "padding of E not zero")
@@ -98,7 +98,7 @@ def run_case(sub, n, density, dtype, teams=1, sag="bruck", batched=True, seed=0,
         check((nb, nm) == pred, f"counted {(nb, nm)} != predicted {pred}")
         if teams == 1 and batched:
             check(nb == 2 * sd.k_b * (P - 1) * (4 + np.dtype(dtype).itemsize)
-                  and nm == 2 * cm.log2ceil(P), "d = 1 bytes/messages off the spec formula")
+                  and nm == 2 * cm.log2ceil(P), "d = 1 bytes/messages off the cost formula")
         # (1) density 1 with d = 1 (or R-SAG, which keeps every entry): dense mean, E = 0
         if density == 1.0 and (teams == 1 or sag == "recursive"):
             dense = (G.astype(np.float64) + Eo).mean(0)

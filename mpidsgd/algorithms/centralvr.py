@@ -2,7 +2,7 @@
 per step and one exchange per epoch; modes single, sync and async.
 
 Objective f(x) = (1/N) Σ_i f_i(x) + (l2/2)||x||². Each rank keeps a tableau T
-of the last data gradient of every sample of its shard (tableau.py) and the
+of the last data gradient of every sample of its shard (vrbase.Tableau) and the
 average ḡ of the previous epoch's gradients, frozen for a whole epoch:
 
     epoch 0 (fill): g = ∇f_i(x); T[i] = g; x -= lr (g + l2 x)

@@ -1,6 +1,6 @@
 """`gtopk`: synchronous SGD whose gradient allreduce is gTop-k (a tree of
 pairwise merges keeping the global top-k, then a broadcast from the root)
-with error feedback; a baseline for `spardl` (algorithms/spardl.md).
+with error feedback; a baseline for `spardl` (docs/algorithms/sparse.md).
 
 Same options, step and state as `topka` (algorithms/topka.py); the world
 size must be a power of two.

@@ -1,4 +1,4 @@
-"""Periodic averaging: local SGD, DiLoCo and PALSGD (algorithms/local_sgd.md).
+"""Periodic averaging: local SGD, DiLoCo and PALSGD (docs/algorithms/local-sgd.md).
 
 One engine, three presets. Each rank k keeps its own inner model x_k and
 inner optimizer; every rank also holds the global model x̄ of the last sync

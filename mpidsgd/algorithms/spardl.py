@@ -1,6 +1,6 @@
 """`spardl`: synchronous SGD whose gradient allreduce is SparDL (Spar-Reduce-
 Scatter, optional teams with B-SAG or R-SAG, Bruck all-gather, global residual
-collection; comm/spardl.py, algorithms/spardl.md).
+collection; comm/spardl.py, docs/algorithms/sparse.md).
 
 Per step (the step, dense warm-up, optimizer and checkpoint code are
 `topka`'s, algorithms/topka.py): the raw local gradient (no learning rate,

@@ -1,6 +1,6 @@
 """`topka`: synchronous SGD whose gradient allreduce is TopkA (every rank's
 exact top-k of gradient + residual, all-gathered and summed) with error
-feedback; a baseline for `spardl` (algorithms/spardl.md, Baselines).
+feedback; a baseline for `spardl` (docs/algorithms/sparse.md).
 
 Per step: g = local mean gradient; the sparse allreduce returns the average
 of all ranks' selections (identical on all ranks) and leaves each rank's

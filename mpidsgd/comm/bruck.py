@@ -14,17 +14,9 @@ has a static size and the counters match comm/costmodel.py.
 """
 from __future__ import annotations
 
-import numpy as np
+from ..backend import array_module
 
 TAG_BRUCK = 0x5B1
-
-
-def array_module(a):
-    """numpy for host arrays, cupy for CuPy arrays."""
-    if isinstance(a, np.ndarray):
-        return np
-    import cupy
-    return cupy.get_array_module(a)
 
 
 def bruck_allgather(mine, *, channel, out=None, tag=TAG_BRUCK):

@@ -146,7 +146,7 @@ def gtopk(k: int, s: int, p: int):
 
 
 def gtopk_path(k: int, s: int, p: int):
-    """gTop-k critical path (the spec table): 2 log2 P messages of k entries,
+    """gTop-k critical path (docs/algorithms/sparse.md, Costs): 2 log2 P messages of k entries,
     i.e. 2 log2 P alpha + 4k log2 P words."""
     m = 2 * log2ceil(p)
     return float(m * k * entry_bytes(s)), m

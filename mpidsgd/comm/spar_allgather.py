@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import array_module
 from ..kernels import merge_sum, pack, scatter_add, topk_abs, unpack
-from .bruck import array_module, bruck_allgather
+from .bruck import bruck_allgather
 
 TAG_SAG = 0x5B3
 TAG_AG = 0x5B4

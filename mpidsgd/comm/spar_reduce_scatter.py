@@ -24,8 +24,8 @@ is logged so that the caller zeroes it where it stays on the final support
 """
 from __future__ import annotations
 
+from ..backend import array_module
 from ..kernels import ef_select, pack, scatter_add, topk_abs, unpack
-from .bruck import array_module
 from .costmodel import log2ceil
 
 TAG_SRS = 0x5B2

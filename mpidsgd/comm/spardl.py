@@ -1,6 +1,6 @@
 """SparDL sparse allreduce with error feedback: Spar-Reduce-Scatter, optional
 teams with Spar-All-Gather (B-SAG or R-SAG), the Bruck all-gather of the final
-blocks, and global residual collection (algorithms/spardl.md in the specs).
+blocks, and global residual collection (docs/algorithms/sparse.md).
 
     sd = SparDL(n, np.float32, 0.01, channel=ch, teams=1, sag="bruck")
     sd.allreduce(g, out)      # out <- sparse mean over ALL ranks; sd.E updated

@@ -19,8 +19,9 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def is_device_array(a):
-    """True for CuPy (or any CUDA array interface) arrays."""
-    return hasattr(a, "__cuda_array_interface__")
+    """True for arrays in GPU memory: CuPy, or anything with the CUDA array
+    interface that is not a NumPy array (the tests' fake device arrays)."""
+    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
 
 
 def choose(impl, *arrays):
@@ -68,6 +69,11 @@ def check_k(k, n):
     if not 0 <= k <= n:
         raise ValueError(f"k must satisfy 0 <= k <= n = {n}, got k = {k}")
     return k
+
+
+def packed_nbytes(k, dtype):
+    """Size in bytes of a packed message of k (int32, dtype) pairs."""
+    return int(k) * (4 + np.dtype(dtype).itemsize)
 
 
 def index_dtype(n):

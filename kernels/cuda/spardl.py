@@ -8,7 +8,7 @@ adding val / divisor (atomic adds: exact for unique indices, as 0 + v).
 import numpy as np
 from numba import cuda
 
-from ._cuda_util import THREADS, Device, blocks
+from .util import THREADS, Device, blocks
 
 
 @cuda.jit(cache=True)

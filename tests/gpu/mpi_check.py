@@ -1,5 +1,5 @@
-"""GPU checks under MPI, started by tests/test_gpu.py as `mpiexec -n 4 python
-tests/gpu_mpi_check.py OUT_DIR` on a machine with a CUDA GPU (the ranks may
+"""GPU checks under MPI, started by tests/gpu/test_gpu.py as `mpiexec -n 4 python
+tests/gpu/mpi_check.py OUT_DIR` on a machine with a CUDA GPU (the ranks may
 share one GPU). Two parts:
 
 1. Collectives on CuPy arrays against the NumPy path on the same inputs:
@@ -22,7 +22,7 @@ import traceback
 import numpy as np
 from mpi4py import MPI
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mpiutil import sub_comms  # noqa: E402
 

@@ -1,5 +1,5 @@
 """CPU selection by magnitude: plans the bound and runs the Numba kernels of
-_select_cpu.py. Shared by topk_abs, ef_select and threshold_select.
+select_kernels.py. Shared by topk_abs, ef_select and threshold_select.
 
 Top-k of n elements, keys key(x) = |x| as ordered bits, ties to lower index:
 1. estimate: the keys of a strided sample of m elements, of which about
@@ -20,8 +20,8 @@ import threading
 import numba
 import numpy as np
 
-from . import _select_cpu as K
-from ._dispatch import UINT, index_dtype, inf_key, non_finite_error
+from . import select_kernels as K
+from ..common import UINT, index_dtype, inf_key, non_finite_error
 
 SAMPLE = 1 << 14  # sample size for the bound estimate
 SMALL = 1 << 15   # below this many elements every element is a candidate

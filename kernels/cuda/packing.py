@@ -1,4 +1,4 @@
-"""Numba CUDA pack/unpack: 32-bit word copies (see pack.py for the layout).
+"""Numba CUDA pack/unpack: 32-bit word copies (see kernels/packing.py for the layout).
 
 Messages are multiples of 4 bytes and both blocks start 4-byte aligned, so one
 thread per word copies exact bit patterns (no float loads, NaN payloads kept).
@@ -6,8 +6,8 @@ thread per word copies exact bit patterns (no float loads, NaN payloads kept).
 import numpy as np
 from numba import cuda
 
-from ._cuda_util import THREADS, Device, blocks
-from .packing import packed_nbytes
+from .util import THREADS, Device, blocks
+from ..common import packed_nbytes
 
 
 @cuda.jit(cache=True)

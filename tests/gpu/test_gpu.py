@@ -1,7 +1,7 @@
 """Training and the sparse collectives on a real GPU (CuPy arrays, the Numba
 CUDA kernels, host staging for MPI), against the same on the CPU.
 
-Runs `mpiexec -n 4 python tests/gpu_mpi_check.py` (its docstring lists the
+Runs `mpiexec -n 4 python tests/gpu/mpi_check.py` (its docstring lists the
 cases: SparDL with every team/SAG combination at P = 1, 2, 4, TopkA, gTop-k,
 and every synchronous training algorithm with run.device = "cuda" vs "cpu").
 Needs a CUDA GPU and CuPy: skipped where none is visible (the CPU-only CI
@@ -32,9 +32,9 @@ HERE = Path(__file__).resolve().parent
 def test_gpu_runs_match_cpu_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "_PYTEST_MPI_CHILD_PROCESS"}
     env.update(MPIEXEC_TIMEOUT="600", MPIR_CVAR_ENABLE_HEAVY_YIELD="1")
-    r = subprocess.run(["mpiexec", "-n", "4", sys.executable, str(HERE / "gpu_mpi_check.py"),
+    r = subprocess.run(["mpiexec", "-n", "4", sys.executable, str(HERE / "mpi_check.py"),
                         str(tmp_path)], capture_output=True, text=True, env=env, timeout=660,
-                       cwd=HERE.parent)
+                       cwd=HERE.parents[1])
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("ok  ", "FAIL"))]
     print("\n".join(lines))
     assert r.returncode == 0, "\n".join(lines)[-6000:] + r.stderr[-3000:]

@@ -9,7 +9,7 @@ libdevice; a plain product there is already rounded (Python floats).
 import numpy as np
 from numba import cuda
 
-from ._cuda_util import SIM, THREADS, Device, blocks
+from .util import SIM, THREADS, Device, blocks
 
 if SIM:
     @cuda.jit(device=True)

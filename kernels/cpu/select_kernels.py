@@ -1,4 +1,4 @@
-"""Numba CPU kernels for selection by magnitude (driven by _select.py).
+"""Numba CPU kernels for selection by magnitude (driven by select.py).
 
 Order key: key(x) = bits(x) & ~signbit, an unsigned integer ordered like |x|
 (+0 and -0 share key 0; keys >= bits(Inf) are Inf or NaN).
@@ -20,7 +20,7 @@ import sys
 import numpy as np
 from numba import njit, prange
 
-from ._bits import abs_key, bits_float, cttz, float_bits, zero_key
+from .bits import abs_key, bits_float, cttz, float_bits, zero_key
 
 BLOCK = 512       # elements per flag block: values + flags stay in L1
 DIGIT = 11        # radix digit: 2048 bins

@@ -21,8 +21,8 @@ threshold_select is phase 2 alone with above_lo = bnd_lo = key(t).
 import numpy as np
 from numba import cuda, int32, int64
 
-from ._cuda_util import THREADS, Device, blocks
-from ._dispatch import UINT, abs_mask, index_dtype, inf_key, non_finite_error
+from .util import THREADS, Device, blocks
+from ..common import UINT, abs_mask, index_dtype, inf_key, non_finite_error
 
 DIGIT = 11
 NBINS = 1 << DIGIT
