@@ -127,6 +127,22 @@ def test_file_regression_at_4_ranks_stays_regression(tmp_path):
     assert s["final_test_accuracy"] is None and s["final_test_mse"] is not None
 
 
+def test_file_regression_job_runs_on_the_documented_example(tmp_path):
+    """jobs/file_regression.toml on the file its header comment makes: the
+    targets are whole numbers and stay regression targets (MSE near the
+    rounding noise 1/12 after a few epochs)."""
+    job = os.path.join(ROOT, "jobs", "file_regression.toml")
+    make = [ln.split("#", 1)[1].strip() for ln in open(job) if "np.savez(" in ln][0]
+    subprocess.run(make.replace("runs/regression.npz", str(tmp_path / "r.npz")), shell=True,
+                   check=True, cwd=tmp_path, timeout=120, executable="/bin/bash",
+                   env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]})
+    res = launch(["--config", job, "--set", f'data.path="{tmp_path / "r.npz"}"',
+                  "--set", f'run.out_dir="{tmp_path / "out"}"'], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["final_test_accuracy"] is None and s["final_test_mse"] < 0.2
+
+
 def test_malformed_data_file_exit_2(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"this is not a zip archive")
