@@ -11,6 +11,9 @@ import tempfile
 from .config import ConfigError
 
 
+MANY_CLASSES = 100   # more classes than this and than a tenth of the samples: hint at regression
+
+
 # -- the label task ------------------------------------------------------------
 def model_kind(model_name) -> str:
     """What the model declares: regression, binary (one logit) or classification."""
@@ -47,7 +50,9 @@ def describe_task(task, reason, data) -> str:
         return f"mpidsgd: task regression ({reason})"
     n = 2 if task == "binary" else data.n_outputs
     labels = f", labels {_labels_text(data.classes)}" if data.classes is not None else ""
-    return f"mpidsgd: task {task}, {n} classes{labels} ({reason})"
+    many = n > MANY_CLASSES and n * 10 > data.n_train
+    hint = "; so many classes look like regression targets: use model.name = ridge" if many else ""
+    return f"mpidsgd: task {task}, {n} classes{labels} ({reason}{hint})"
 
 
 def _labels_text(classes) -> str:
