@@ -15,9 +15,9 @@ QUOTE = 80   # longest piece of a file quoted in an error
 
 
 def one_line(err) -> str:
-    """An exception as one line of at most 2*QUOTE characters."""
+    """An exception as one line of at most QUOTE characters (it may quote the file)."""
     text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= 2 * QUOTE else text[:2 * QUOTE - 3] + "..."
+    return text if len(text) <= QUOTE else text[:QUOTE - 3] + "..."
 
 
 def quote(text) -> str:
