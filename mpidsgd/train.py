@@ -35,8 +35,9 @@ def parse_args(argv=None):
                     "--config is the built-in quickstart (jobs/quickstart.toml); a --config "
                     "file and --set change keys of it.",
         epilog="Defaults: every key that neither the --config file nor --set gives takes "
-               "the quickstart's value (docs/configuration.md and python -m mpidsgd.config list them all, "
-               "--print-config shows a run's). Example: --set algo.name=sgd --set algo.lr=0.1")
+               "the quickstart's value (docs/configuration.md and python -m mpidsgd.config "
+               "list them all, --print-config shows a run's). "
+               "Example: --set algo.name=sgd --set algo.lr=0.1")
     p.add_argument("--config", help="TOML job file (jobs/*.toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config key (repeatable); the value is a TOML literal")
