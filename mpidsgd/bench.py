@@ -1,4 +1,5 @@
-"""`python -m mpidsgd.bench kernels|collectives|train`: speed measurements.
+"""`python -m mpidsgd.bench kernels|collectives|train|costmodel`: speed
+measurements, and predictions beyond this machine (costmodel).
 
 Each subcommand lives in mpidsgd/benchmarks/<name>.py and exposes
 `register(subparsers)`, which adds its parser with `set_defaults(func=run)`.
@@ -13,7 +14,7 @@ from mpidsgd.threads import POOLS, one_thread_per_rank
 # process that measures 1..all Numba threads itself
 one_thread_per_rank(POOLS[:-1] if sys.argv[1:2] == ["kernels"] else POOLS)
 
-SUBCOMMANDS = ("kernels", "collectives", "train")
+SUBCOMMANDS = ("kernels", "collectives", "train", "costmodel")
 
 
 def main(argv=None):

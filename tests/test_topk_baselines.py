@@ -113,7 +113,7 @@ def test_gtopk_needs_a_power_of_two_world():
 
 def test_bench_collectives_counts_equal_the_cost_model(tmp_path):
     """`python -m mpidsgd.bench collectives` on 4 ranks: every scheme's counted
-    bytes equal its prediction, SparDL d = 1 sends 2 k_b (P-1) entries in
+    bytes equal its prediction (Ok-Topk: the cost model on each call's sizes), SparDL d = 1 sends 2 k_b (P-1) entries in
     2 log2 P messages, ratios are relative to dense-mpi."""
     import json
     import os
@@ -130,7 +130,7 @@ def test_bench_collectives_counts_equal_the_cost_model(tmp_path):
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     names = {r["scheme"] for r in recs}
     assert names == {"dense-mpi", "dense-ring", "topka", "gtopk", "spardl", "spardl-d2-bsag",
-                     "spardl-d2-rsag", "spardl-d4-bsag", "spardl-d4-rsag"}
+                     "spardl-d2-rsag", "spardl-d4-bsag", "spardl-d4-rsag", "oktopk", "oktopk-exact"}
     assert len(recs) == 2 * len(names)
     for r in recs:
         assert r["bytes_per_rank"] == pytest.approx(r["predicted_bytes"], rel=1e-12), r

@@ -44,6 +44,10 @@ BAD = [
     # algorithm options are checked the same way
     (["--set", "algo.name=centralvr", "--set", "algo.mode=bogus"], "algo.mode"),
     (["--set", 'algo.name="palsgd"', "--set", "algo.p=1.5"], "algo.p"),
+    (["--set", 'algo.name="oktopk"', "--set", "algo.density=1.5"], "algo.density"),
+    (["--set", 'algo.name="oktopk"', "--set", "algo.throttle=0"], "algo.throttle"),
+    (["--set", 'algo.name="oktopk"', "--set", "algo.threshold_every=0"], "algo.threshold_every"),
+    (["--set", 'algo.name="oktopk"', "--set", "algo.region_every=0"], "algo.region_every"),
     # non-finite floats, an empty step budget, a model no node can hold
     (["--set", "algo.lr=inf"], "algo.lr must be a finite number, got inf"),
     (["--set", "algo.lr=nan"], "algo.lr must be a finite number, got nan"),

@@ -3,9 +3,12 @@ the same gradient, timed whole (selection, packing, communication, unpacking).
 
 Schemes: dense MPI Allreduce (`dense-mpi`), dense ring (`dense-ring`),
 `topka`, `gtopk` (power-of-two P), `spardl` with d = 1 and every valid team
-count d (B-SAG always, R-SAG for power-of-two d). Every rank holds its own
-seeded gradient of n values; sparse schemes start each run from a zero
-residual (reset untimed), so every repetition does the same work.
+count d (B-SAG always, R-SAG for power-of-two d), `oktopk` and
+`oktopk-exact`. Every rank holds its own seeded gradient of n values; sparse
+schemes start each run from a zero residual (reset untimed), so every
+repetition does the same work, except Ok-Topk, whose state persists across
+its calls (benchmarks/_oktopk.py: the steady threshold-reuse step after a
+warm-up of threshold_every calls; the exact-threshold step on its own row).
 
 Per scheme and emulation setting one JSON record:
     ms                 median over --reps (after one warm-up) of the slowest
@@ -54,6 +57,9 @@ def register(sub):
                    help="hand device buffers to MPI directly (CUDA-aware MPI only); "
                         "default: staged through pinned host memory")
     p.add_argument("--reps", type=int, default=5, help="timed calls per scheme (median)")
+    p.add_argument("--oktopk-steps", type=int, default=0, metavar="N",
+                   help="also report Ok-Topk's mean traffic over N consecutive steps on fresh "
+                        "gradients (every n, no emulation), against its bound")
     p.add_argument("--json", metavar="FILE", help="write the records, one JSON object a line")
     p.set_defaults(func=run)
 
@@ -202,6 +208,9 @@ def bench(topo, backend, n, args, alpha, beta, keep):
             if emulated else None,
             lower_bound_bytes=cm.sparse_lower_bound(sc.k, s, P) if sc.sparse else None,
             ratio_vs_dense=round(ms / dense_ms, 4) if dense_ms else None))
+    if keep is None or "oktopk" in keep:
+        from ._oktopk import oktopk_records
+        records += oktopk_records(ch, g, args, alpha, beta, dense_ms, _max())
     return records
 
 
@@ -231,6 +240,15 @@ def print_table(records, where):
               f"{r['predicted_bytes'] / 1e6:>9.3f} {pm:>8} {xlb:>6} {vs:>8}")
 
 
+def _oktopk_traffic(topo, backend, args):
+    if args.oktopk_steps <= 0:
+        return []
+    from ..comm.channel import Channel
+    from ._oktopk import oktopk_traffic
+    ch = Channel(topo.world, backend=backend)
+    return [oktopk_traffic(ch, n, args, args.oktopk_steps) for n in args.n]
+
+
 def run(args):
     from ..backend import Backend
     from ..topology import Topology
@@ -241,6 +259,7 @@ def run(args):
     for n in args.n:
         for alpha, beta in _emulations(args.emulate):
             records += bench(topo, backend, n, args, alpha, beta, keep)
+    traffic = _oktopk_traffic(topo, backend, args)
     if topo.is_root:
         load = os.getloadavg()
         where = (f"{_cpu_name()}, {os.cpu_count()} cores, {topo.size} ranks; "
@@ -248,6 +267,10 @@ def run(args):
                  f"{args.dtype}, density {args.density}, median of {args.reps}; "
                  f"load average {load[0]:.2f} {load[1]:.2f}")
         print_table(records, where)
+        from ._oktopk import print_traffic
+        for r in traffic:
+            print_traffic(r)
+        records += traffic
         if args.json:
             with open(args.json, "w") as fh:
                 for r in records:

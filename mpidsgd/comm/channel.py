@@ -199,6 +199,23 @@ class Channel:
             done()
         return recvbuf
 
+    def Allgatherv(self, sendbuf, recvbuf, counts):
+        """recvbuf (1-D, sum(counts) items) gets every rank's sendbuf in rank
+        order; counts[q] = items rank q sends (known to every rank). Booked
+        per cm.allgatherv_booking: every block but the next rank's."""
+        counts = [int(c) for c in counts]
+        item = int(recvbuf.itemsize)
+        self.book(*cm.allgatherv_booking([c * item for c in counts], self.size, self.rank))
+        if self.size == 1:
+            recvbuf[:counts[0]] = sendbuf[:counts[0]]
+            return recvbuf
+        src = self._out(sendbuf, slot=0)
+        dst, done = self._in(recvbuf, slot=1)
+        self.comm.Allgatherv(src, [dst, counts])
+        if done:
+            done()
+        return recvbuf
+
     def Bcast(self, buf, root=0):
         self.book(*cm.bcast_booking(self._nbytes(buf), self.size))
         if self.size == 1:
@@ -262,6 +279,10 @@ class Channel:
     def Improbe(self, source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=None):
         """A matched probe: the returned message can only be received by us."""
         return self.comm.Improbe(source, tag, status)
+
+    def Mprobe(self, source, tag, status=None):
+        """Blocking matched probe (a probe sends nothing: not booked)."""
+        return self.comm.Mprobe(source, tag, status)
 
     def Mrecv(self, message, buf):
         """Receive a matched message into `buf`."""

@@ -37,6 +37,16 @@ def allgather_booking(nbytes_each: float, p: int):
     return float((p - 1) * nbytes_each), log2ceil(p)
 
 
+def allgatherv_booking(block_bytes, p: int, rank: int):
+    """(bytes, messages) `rank` books for an allgatherv of blocks of
+    `block_bytes[q]` bytes: every block but the next rank's, as in the ring
+    algorithm ((P-1)/P of the total on average), ceil(log2 P) messages like
+    an allgather; equal blocks give the allgather rule exactly."""
+    if p <= 1:
+        return 0.0, 0
+    return float(sum(block_bytes) - block_bytes[(rank + 1) % p]), log2ceil(p)
+
+
 def bcast_booking(nbytes: float, p: int):
     """(bytes, messages) per rank for a broadcast of `nbytes`."""
     if p <= 1:
@@ -165,3 +175,40 @@ def sparse_lower_bound(k: int, s: int, p: int):
     if p <= 1:
         return 0.0
     return k * (p - 1) / p * entry_bytes(s)
+
+
+# -- Ok-Topk (comm/oktopk.py): exact per-rank figures of one step ---------------
+def oktopk_phases(p: int, s: int, rank: int, *, sent, gathered, rebalance: bool):
+    """(bytes, messages) `rank` sends per phase of one Ok-Topk step, from the
+    step's actual sizes: `sent` entries to the other ranks' regions (one
+    message to each, empty ones included), `gathered[q]` entries rank q
+    contributes to the final allgatherv, `rebalance` when the region
+    boundaries were recomputed (one allreduce of P-1 int64)."""
+    if p <= 1:
+        return {"regions": (0.0, 0), "split": (0.0, 0), "gather": (0.0, 0)}
+    e = entry_bytes(s)
+    reg = allreduce_booking(8 * (p - 1), p) if rebalance else (0.0, 0)
+    cb, cmsg = allgather_booking(8, p)               # the survivor counts (int64)
+    vb, vm = allgatherv_booking([g * e for g in gathered], p, rank)
+    return {"regions": reg, "split": (float(sent * e), p - 1), "gather": (cb + vb, cmsg + vm)}
+
+
+def oktopk(p: int, s: int, rank: int, **sizes):
+    """Ok-Topk: (bytes, messages) `rank` sends in one step (oktopk_phases summed)."""
+    ph = oktopk_phases(p, s, rank, **sizes)
+    return sum(b for b, _ in ph.values()), sum(m for _, m in ph.values())
+
+
+def oktopk_mean(k: float, s: int, p: int, *, sent_per_k: float, gathered_per_k: float,
+                rebalance_share: float = 1 / 64):
+    """Ok-Topk mean (bytes, messages) per rank at any P, scaled from measured
+    entries per selected entry: each rank sends sent_per_k * k(P-1)/P entries
+    in the split and the allgatherv moves gathered_per_k * k entries in all."""
+    if p <= 1:
+        return 0.0, 0.0
+    e = entry_bytes(s)
+    split = sent_per_k * k * (p - 1) / p * e
+    gath = gathered_per_k * k * (p - 1) / p * e + 8 * (p - 1)
+    rb, rm = allreduce_booking(8 * (p - 1), p)
+    return (split + gath + rebalance_share * rb,
+            (p - 1) + 2 * log2ceil(p) + rebalance_share * rm)

@@ -1,0 +1,1 @@
+"""Serial reference implementations the MPI collectives are checked against."""
