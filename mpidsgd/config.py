@@ -100,6 +100,7 @@ class ModelConfig:
     hidden: list = doc([128], "mlp hidden layer widths", item=int)
     channels: list = doc([8, 16], "cnn channels of the two conv blocks", item=int)
     kernel: int = doc(3, "cnn convolution kernel size")
+    loss: str = doc("xent", "mlp output: xent (classification) | mse (regression, one output)")
     l2: float = doc(0.0, "L2 regularisation strength (part of the loss)")
 
     def validate(self):
@@ -109,6 +110,8 @@ class ModelConfig:
         _check(len(self.channels) == 2 and all(c >= 1 for c in self.channels),
                "model.channels", "must be two positive channel counts")
         _check(self.kernel >= 1 and self.kernel % 2 == 1, "model.kernel", "must be odd and >= 1")
+        _check(self.loss in ("xent", "mse"), "model.loss", "must be xent or mse")
+        _check(self.loss == "xent" or self.name == "mlp", "model.loss", "= mse needs model.name = mlp")
         _check(self.l2 >= 0, "model.l2", "must be >= 0")
 
 

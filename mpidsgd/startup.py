@@ -15,11 +15,12 @@ MANY_CLASSES = 100   # more classes than this and than a tenth of the samples: h
 
 
 # -- the label task ------------------------------------------------------------
-def model_kind(model_name) -> str:
-    """What the model declares: regression, binary (one logit) or classification."""
+def model_kind(model_name, loss="xent") -> str:
+    """What the model declares: regression (ridge; an mlp with model.loss =
+    mse), binary (one logit) or classification."""
     from .models import MODELS
     cls = MODELS[model_name]
-    if cls.task == "regression":
+    if cls.task == "regression" or loss == "mse":
         return "regression"
     return "binary" if getattr(cls, "binary", False) else "classification"
 
@@ -31,10 +32,10 @@ def resolve_task(cfg) -> tuple:
     makes it classification (binary for a one-logit model), and the data
     must then hold integer labels. An explicit data.task must fit the model.
     """
-    kind, asked, name = model_kind(cfg.model.name), cfg.data.task, cfg.model.name
+    kind, asked, name = model_kind(cfg.model.name, cfg.model.loss), cfg.data.task, cfg.model.name
     if asked == "regression" and kind != "regression":
-        raise ConfigError(f"data.task = regression needs a regression model (model.name = ridge); "
-                          f"model.name = {name} is a classifier")
+        raise ConfigError(f"data.task = regression needs a regression model (model.name = ridge, "
+                          f"or mlp with model.loss = mse); model.name = {name} is a classifier")
     if asked in ("classification", "binary") and kind == "regression":
         raise ConfigError(f"data.task = {asked} needs a classifier (logreg, softmax, mlp, cnn); "
                           f"model.name = {name} is a regression model: set data.task = regression")

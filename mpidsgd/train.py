@@ -180,7 +180,7 @@ def build_params(cfg, topo, backend, data):
     m = cfg.model
     model = build_model(m.name, input_shape=data.input_shape, n_outputs=data.n_outputs,
                         hidden=tuple(m.hidden), channels=tuple(m.channels), kernel=m.kernel,
-                        l2=m.l2, dtype=cfg.run.dtype, xp=backend.xp)
+                        loss=m.loss, l2=m.l2, dtype=cfg.run.dtype, xp=backend.xp)
     err, params = None, None
     try:
         check_model_memory(cfg, model.layout.size, model.dtype.itemsize, topo.shared.Get_size())

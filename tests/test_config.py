@@ -150,3 +150,11 @@ def test_config_check_flags_a_stale_page(tmp_path):
     assert R.main(["--write", str(page)]) == 0
     assert R.main(["--check", str(page)]) == 0
     assert page.read_text().startswith("intro\n")
+
+
+def test_model_loss_mse_is_an_mlp_option():
+    assert C.load(None, ["run.steps=5", "model.loss=mse"]).model.loss == "mse"
+    with pytest.raises(C.ConfigError, match="model.loss = mse needs model.name = mlp"):
+        C.load(None, ["run.steps=5", "model.loss=mse", "model.name=softmax"])
+    with pytest.raises(C.ConfigError, match="model.loss must be xent or mse"):
+        C.load(None, ["run.steps=5", "model.loss=hinge"])

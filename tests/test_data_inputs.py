@@ -71,6 +71,11 @@ def test_the_task_must_fit_the_model(tmp_path):
     with pytest.raises(ConfigError, match="model.name = ridge is a regression model"):
         resolve_task(file_cfg(tmp_path / "d.npz", model="ridge", task="classification"))
     assert resolve_task(file_cfg(tmp_path / "d.npz", model="logreg"))[0] == "binary"
+    cfg = file_cfg(tmp_path / "d.npz", model="mlp")
+    cfg.model.loss = "mse"                          # an mlp that declares regression
+    assert resolve_task(cfg)[0] == "regression"
+    ds = load(cfg)
+    assert ds.task == "regression" and ds.n_outputs == 1 and ds.classes is None
     assert resolve_task(file_cfg(tmp_path / "d.npz", model="softmax"))[0] == "classification"
 
 

@@ -19,13 +19,14 @@ __all__ = ["MODELS", "build_model", "Model", "LinearModel", "Ridge", "LogReg", "
 
 
 def build_model(name, *, input_shape, n_outputs, hidden=(64,), channels=(8, 16), kernel=3,
-                l2=0.0, dtype="float32", xp=numpy) -> Model:
+                loss="xent", l2=0.0, dtype="float32", xp=numpy) -> Model:
     """Build the model registered as `name`.
 
     input_shape: (d,) for vectors or (C, H, W) for images (cnn needs 3-D; the
     others flatten it). n_outputs: number of classes (softmax, mlp, cnn);
     ignored by ridge and logreg. hidden: mlp hidden sizes. channels, kernel:
-    cnn conv blocks and kernel size. l2: L2 strength in loss and gradient.
+    cnn conv blocks and kernel size. loss: mlp output, "xent" (classes) or
+    "mse" (one output, regression). l2: L2 strength in loss and gradient.
     dtype: "float32" or "float64" for params, gradients and work arrays.
     xp: array module, numpy or cupy.
     """
@@ -33,6 +34,6 @@ def build_model(name, *, input_shape, n_outputs, hidden=(64,), channels=(8, 16),
         cls = MODELS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}") from None
-    arch = {"hidden": hidden, "channels": channels, "kernel": kernel}
+    arch = {"hidden": hidden, "channels": channels, "kernel": kernel, "loss": loss}
     opts = {k: arch[k] for k in cls.arch_options}
     return cls(input_shape, n_outputs, l2=l2, dtype=dtype, xp=xp, **opts)
