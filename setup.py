@@ -38,7 +38,7 @@ setup(
         "docs": ["mkdocs>=1.6", "pymdown-extensions>=10"],
         # PyTorch models (model.name = "torch"): unpinned, so a CUDA user keeps their own build
         "torch": ["torch"],
-        "test": ["pytest>=7", "mpi-pytest>=2025.0", "pytest-timeout", "matplotlib", "hypothesis"],
+        "test": ["pytest>=7", "mpi-pytest>=2025.0", "pytest-timeout", "matplotlib", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["mpidsgd-train=mpidsgd.train:main"]},
 )

@@ -10,6 +10,7 @@ never touches this file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 
@@ -46,7 +47,9 @@ class RunConfig:
     def validate(self):
         _check(self.steps >= 0, "run.steps", "must be >= 0")
         _check(self.epochs >= 0, "run.epochs", "must be >= 0")
-        _check(self.steps > 0 or self.epochs > 0, "run.steps", "set run.steps or run.epochs > 0")
+        if self.steps == 0 and self.epochs == 0:
+            raise ConfigError("run.steps and run.epochs are both 0: set run.steps (steps per rank) "
+                              "or run.epochs (epochs of each rank's shard) above 0")
         _check(self.eval_every >= 0, "run.eval_every", "must be >= 0")
         _check(self.log_every >= 1, "run.log_every", "must be >= 1")
         _check(self.dtype in ("float32", "float64"), "run.dtype", "must be float32 or float64")
@@ -57,10 +60,12 @@ class RunConfig:
 @dataclass
 class DataConfig:
     name: str = doc("synthetic", "synthetic | file")
-    task: str = doc("classification", "synthetic task: classification | regression")
+    task: str = doc("auto", "classification | binary | regression | auto (from the model: "
+                    "regression for a regression model, else classification)")
     path: str = doc("", "training file (.npz, .h5/.hdf5, .svm/.libsvm/.txt, IDX)")
     labels_path: str = doc("", "IDX labels file (default: the sibling *-labels-idx1-ubyte*)")
     test_path: str = doc("", "test file in the same format (default: a seeded split)")
+    label_column: object = doc(-1, "CSV: the label column, an index (-1 = last) or a header name")
     test_fraction: float = doc(0.2, "share of the data held out for testing without test_path")
     batch_size: int = doc(32, "per-rank mini-batch size")
     normalize: bool = doc(True, "standardise features with statistics of the training set")
@@ -73,8 +78,11 @@ class DataConfig:
 
     def validate(self):
         _check(self.name in ("synthetic", "file"), "data.name", "must be synthetic or file")
-        _check(self.task in ("classification", "regression", "binary"), "data.task",
-               "must be classification, binary or regression")
+        _check(self.task in ("auto", "classification", "regression", "binary"), "data.task",
+               "must be auto, classification, binary or regression")
+        lc = self.label_column
+        _check((isinstance(lc, int) and not isinstance(lc, bool)) or (isinstance(lc, str) and lc != ""),
+               "data.label_column", f"must be a column index or a header name, got {_clip(lc)}")
         _check(self.name != "file" or bool(self.path), "data.path", "is required when data.name = 'file'")
         _check(0 < self.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
         _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
@@ -92,9 +100,9 @@ class ModelConfig:
     hidden: list = doc([128], "mlp hidden layer widths", item=int)
     channels: list = doc([8, 16], "cnn channels of the two conv blocks", item=int)
     kernel: int = doc(3, "cnn convolution kernel size")
+    loss: str = doc("cross_entropy", "mlp and torch: cross_entropy (classification) | mse (regression, one output)")
     l2: float = doc(0.0, "L2 regularisation strength (part of the loss)")
     factory: str = doc("", "torch: 'package.module:callable', called as factory(input_shape, n_outputs)")
-    loss: str = doc("cross_entropy", "torch: cross_entropy (classification) | mse (regression)")
     path: str = doc("", "torch: a folder searched first when importing model.factory")
 
     def validate(self):
@@ -106,6 +114,10 @@ class ModelConfig:
         _check(len(self.channels) == 2 and all(c >= 1 for c in self.channels),
                "model.channels", "must be two positive channel counts")
         _check(self.kernel >= 1 and self.kernel % 2 == 1, "model.kernel", "must be odd and >= 1")
+        _check(self.loss in ("cross_entropy", "mse"), "model.loss",
+               f"must be cross_entropy or mse, got {_clip(self.loss)}")
+        _check(self.loss == "cross_entropy" or self.name in ("mlp", "torch"), "model.loss",
+               "= mse needs model.name = mlp or torch")
         _check(self.l2 >= 0, "model.l2", "must be >= 0")
 
 
@@ -114,7 +126,7 @@ class AlgoConfig:
     name: str = doc("sgd", "training algorithm (registry name)")
     lr: float = doc(0.1, "learning rate (peak value under a schedule)")
     momentum: object = doc(0.0, "heavy-ball momentum of the local optimizer (asgd: at the server; "
-                                "\"auto\" = tuned from the measured staleness)")
+                                "\"auto\" = tuned from the measured staleness; centralvr, saga, svrg: 0)")
     nesterov: bool = doc(False, "Nesterov momentum")
     weight_decay: float = doc(0.0, "decoupled weight decay (SGD: added to the gradient)")
     optimizer: str = doc("sgd", "local optimizer: sgd | adamw")
@@ -139,6 +151,8 @@ class AlgoConfig:
             _check(isinstance(self.momentum, (int, float)) and not isinstance(self.momentum, bool),
                    "algo.momentum", f"must be a number or \"auto\", got {self.momentum!r}")
             self.momentum = float(self.momentum)
+            _check(math.isfinite(self.momentum), "algo.momentum",
+                   f"must be a finite number, got {self.momentum}")
             _check(-1 < self.momentum < 1, "algo.momentum", "must be in (-1, 1)")
         _check(self.weight_decay >= 0, "algo.weight_decay", "must be >= 0")
         _check(self.optimizer in ("sgd", "adamw"), "algo.optimizer", "must be sgd or adamw")
@@ -245,7 +259,12 @@ def _check_torch(m):
     mod, sep, attr = m.factory.partition(":")
     _check(bool(sep and mod and attr), "model.factory",
            f"must look like 'package.module:callable' for model.name = 'torch', got {m.factory!r}")
-    _check(m.loss in ("cross_entropy", "mse"), "model.loss", f"must be cross_entropy or mse, got {m.loss!r}")
+
+
+def _clip(value, limit=80) -> str:
+    """repr(value) cut to `limit` characters: error lines quote, never dump."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # -- building from TOML tables ---------------------------------------------------
@@ -253,19 +272,21 @@ def _coerce(key, value, ftype, meta):
     """Check a TOML value against a field's type; ints are accepted as floats."""
     if ftype is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
+            raise ConfigError(f"{key} must be true or false, got {_clip(value)}")
         return value
     if ftype is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+            raise ConfigError(f"{key} must be an integer, got {_clip(value)}")
         return value
     if ftype is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+            raise ConfigError(f"{key} must be a number, got {_clip(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {_clip(value)}")
         return float(value)
     if ftype is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
+            raise ConfigError(f"{key} must be a string, got {_clip(value)}")
         return value
     if ftype is list:
         item = meta.get("item", int)
@@ -333,7 +354,7 @@ def parse_set(items) -> dict:
     out = {}
     for item in items or ():
         if "=" not in item:
-            raise ConfigError(f"--set {item!r} must look like section.key=value")
+            raise ConfigError(f"--set {_clip(item)} must look like section.key=value")
         path, raw = item.split("=", 1)
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
@@ -341,7 +362,7 @@ def parse_set(items) -> dict:
             value = raw
         keys = path.strip().split(".")
         if len(keys) < 2:
-            raise ConfigError(f"--set {item!r} must name section.key")
+            raise ConfigError(f"--set {_clip(item)} must name section.key")
         node = out
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -356,17 +377,24 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+def load_tables(path) -> dict:
+    """The parsed TOML file `path`; ConfigError when missing or malformed."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {_clip(str(exc), 120)[1:-1]}") from None
+
+
 def load(path=None, overrides=(), base: dict | None = None) -> Config:
     """Config from an optional TOML file, then `--set` overrides, validated."""
     tables = dict(base or {})
     if path:
-        try:
-            with open(path, "rb") as fh:
-                tables = merge(tables, tomllib.load(fh))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        tables = merge(tables, load_tables(path))
     return from_dict(merge(tables, parse_set(overrides)))
 
 
@@ -417,108 +445,8 @@ def dumps(cfg_or_dict) -> str:
     return "\n".join(lines)
 
 
-def reference() -> list:
-    """(key, default, meaning) rows of every common key, for --help and docs/configuration.md."""
-    rows = []
-
-    def walk(cls, prefix):
-        for f in fields(cls):
-            if f.metadata.get("skip"):
-                continue
-            hint = typing.get_type_hints(cls)[f.name]
-            if dataclasses.is_dataclass(hint):
-                walk(hint, f"{prefix}.{f.name}")
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((f"{prefix}.{f.name}", default, f.metadata.get("doc", "")))
-    for sec, cls in SECTIONS.items():
-        walk(cls, sec)
-    return rows
-
-
-def algorithm_reference() -> list:
-    """(key, default, meaning, algorithms) rows of the algorithm-specific keys
-    under [algo]: one row per (key, default, meaning), listing every
-    registered algorithm that declares it that way."""
-    from .algorithms import REGISTRY
-    merged = {}
-    for name in sorted(REGISTRY):
-        cls = REGISTRY[name]
-        opt = getattr(cls, "Options", None)
-        if opt is not None:
-            for f in fields(opt):
-                if f.metadata.get("skip"):
-                    continue
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                key = (f"algo.{f.name}", repr(default), f.metadata.get("doc", ""))
-                merged.setdefault(key, (default, []))[1].append(name)
-    return [(k, default, doc_, names) for (k, _, doc_), (default, names) in merged.items()]
-
-
-def _md_value(v):
-    return "`" + (_toml_value(v) if v != "" else '""') + "`"
-
-
-def _md_text(text):
-    """A table cell: a '|' in a meaning would split the row."""
-    return text.replace("|", "\\|")
-
-
-def markdown() -> str:
-    """The configuration reference as Markdown tables (docs/configuration.md)."""
-    from .algorithms import REGISTRY
-    out = ["| key | default | meaning |", "|---|---|---|"]
-    for key, default, meaning in reference():
-        out.append(f"| `{key}` | {_md_value(default)} | {_md_text(meaning)} |")
-    rows = algorithm_reference()
-    out += ["", "Algorithm-specific keys (same flat `[algo]` table; an algorithm rejects "
-            "the keys it does not know):", "",
-            "| key | algorithms | default | meaning |", "|---|---|---|---|"]
-    for key, default, meaning, names in sorted(rows, key=lambda r: (r[0], r[3])):
-        out.append(f"| `{key}` | {', '.join(names)} | {_md_value(default)} | {_md_text(meaning)} |")
-    changed = [(n, REGISTRY[n].defaults) for n in sorted(REGISTRY) if getattr(REGISTRY[n], "defaults", None)]
-    if changed:
-        out += ["", "Common defaults an algorithm changes: " + "; ".join(
-            f"`{n}`: " + ", ".join(f"`algo.{k} = {_toml_value(v)}`" for k, v in d.items())
-            for n, d in changed) + "."]
-    return "\n".join(out)
-
-
-def _main(argv=None):
-    """`python -m mpidsgd.config [--write FILE | --check FILE]`: print the
-    reference, rewrite the tables between the markers of FILE (the docs page
-    docs/configuration.md), or exit 1 if FILE's tables are stale."""
-    import argparse
-    import re
-    import sys
-    ap = argparse.ArgumentParser(prog="python -m mpidsgd.config", description=_main.__doc__)
-    ap.add_argument("--write", "--readme", dest="write", metavar="FILE",
-                    help="rewrite the tables between <!-- config:table --> markers of FILE")
-    ap.add_argument("--check", metavar="FILE",
-                    help="exit 1 if the tables between FILE's markers differ from the code")
-    args = ap.parse_args(argv)
-    text = markdown()
-    path = args.write or args.check
-    if not path:
-        print(text)
-        return 0
-    src = open(path).read()
-    # the block between the markers is replaced whole, so the page cannot drift
-    pattern = r"(<!-- config:table -->\n).*?(<!-- /config:table -->)"
-    new, n = re.subn(pattern, lambda m: m.group(1) + text + "\n" + m.group(2), src, flags=re.S)
-    if n != 1:
-        raise SystemExit(f"{path}: no <!-- config:table --> block")
-    if args.check:
-        if new != src:
-            print(f"{path}: configuration tables are stale; run "
-                  f"python -m mpidsgd.config --write {path}", file=sys.stderr)
-            return 1
-        return 0
-    with open(path, "w") as fh:
-        fh.write(new)
-    return 0
-
-
 if __name__ == "__main__":
+    # `python -m mpidsgd.config`: the reference lives in config_ref.py
     import sys
-    sys.exit(_main())
+    from mpidsgd.config_ref import main
+    sys.exit(main())

@@ -26,21 +26,20 @@ from . import config as C  # noqa: E402
 from .checkpoint_disk import try_append, write_summary  # noqa: E402
 from .meter import Meter  # noqa: E402
 
-QUICKSTART = {
-    "run": {"seed": 0, "epochs": 6.0, "eval_every": 500, "out_dir": "runs/quickstart"},
-    "data": {"name": "synthetic", "n_samples": 65536, "n_test": 8192, "n_features": 64,
-             "n_classes": 10, "batch_size": 32},
-    "model": {"name": "mlp", "hidden": [256, 256]},
-    "algo": {"name": "spardl", "lr": 0.05, "momentum": 0.9, "schedule": "cosine"},
-}
+from .defaults import QUICKSTART, load_cli  # noqa: E402,F401  (QUICKSTART: the built-in job)
+from .reporting import make_summary, report  # noqa: E402
+from .startup import describe_task  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m mpidsgd.train",
-        description="Train a flat-buffer model data-parallel over MPI ranks. "
-                    "Without --config, runs the built-in quickstart.",
-        epilog="Config keys: docs/configuration.md or python -m mpidsgd.config. Example: "
-               "--set algo.name=spardl --set algo.density=0.01")
+        description="Train a flat-buffer model data-parallel over MPI ranks. A run without "
+                    "--config is the built-in quickstart (jobs/quickstart.toml); a --config "
+                    "file and --set change keys of it.",
+        epilog="Defaults: every key that neither the --config file nor --set gives takes "
+               "the quickstart's value (docs/configuration.md and python -m mpidsgd.config "
+               "list them all, --print-config shows a run's). "
+               "Example: --set algo.name=sgd --set algo.lr=0.1")
     p.add_argument("--config", help="TOML job file (jobs/*.toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config key (repeatable); the value is a TOML literal")
@@ -65,7 +64,7 @@ class Log:
             self.fh = open(os.path.join(out_dir, "metrics.jsonl"), "a" if append else "w")
 
     def say(self, text):
-        if self.root:
+        if self.root and text:
             print(text, flush=True)
 
     def record(self, **fields):
@@ -115,10 +114,13 @@ def setup(args, topo):
     if expect and expect != str(topo.size):
         fail_input(topo, f"MPI world size {topo.size} differs from MPIDSGD_EXPECT_WORLD_SIZE="
                          f"{expect} (SLURM_NTASKS): is mpi4py built against the cluster's MPI?")
+    notes = []
     try:
-        cfg = C.load(args.config, args.overrides, base=None if args.config else QUICKSTART)
+        cfg, notes = load_cli(args.config, args.overrides)
         from .algorithms import REGISTRY
         REGISTRY[cfg.algo.name].check_world(cfg, topo.size)
+        if not args.print_config:
+            check_start(cfg, topo)
     except C.ConfigError as exc:
         err = str(exc)
     err = agree_error(topo.world, err)
@@ -128,8 +130,19 @@ def setup(args, topo):
         if topo.is_root:
             print(C.dumps(cfg))
         sys.exit(0)
+    for note in notes if topo.is_root else ():
+        print(f"mpidsgd: {note}", flush=True)
     ctx = build(cfg, topo)
     return cfg, ctx
+
+
+def check_start(cfg, topo):
+    """Start-up checks that need no data (startup.py): device, output folder."""
+    from . import startup
+    startup.resolve_task(cfg)
+    startup.check_device(cfg)
+    if topo.is_root:
+        startup.check_writable_dir(cfg.run.out_dir, "run.out_dir")
 
 
 def build(cfg, topo):
@@ -139,26 +152,51 @@ def build(cfg, topo):
     from .data import load_data
     from .models import model_for
     from .algorithms import REGISTRY
+    from .startup import resolve_task
 
+    task, reason = resolve_task(cfg)
     backend = Backend(cfg.run.device, cfg.comm.cuda_aware, topo.local_rank)
     emu = cfg.comm.emulate
     channel = Channel(topo.world, backend=backend, emulate=NetworkEmulation(emu.alpha, emu.beta))
     err, data, model = None, None, None
     try:
         with channel.phase("setup"):
-            data = load_data(cfg, channel, backend, skip=REGISTRY[cfg.algo.name].data_skip(cfg))
+            data = load_data(cfg, channel, backend, task,
+                             skip=REGISTRY[cfg.algo.name].data_skip(cfg))
         model = model_for(cfg, data, backend.xp)      # a torch factory may fail here
     except C.ConfigError as exc:
         err = str(exc)
     err = agree_error(topo.world, err)
     if err:
         fail_input(topo, err)
-    params = backend.xp.zeros(model.layout.size, dtype=cfg.run.dtype)
-    # identical initial parameters on every rank: the same seeded stream
-    model.init(params, np.random.default_rng([cfg.run.seed, 0x1D]))
+    params = init_params(cfg, topo, backend, model)
     algo = REGISTRY[cfg.algo.name](cfg, topo, backend, model, params, channel)
     algo.plan(data.train)
-    return {"backend": backend, "channel": channel, "data": data, "model": model, "algo": algo}
+    return {"backend": backend, "channel": channel, "data": data, "model": model, "algo": algo,
+            "task_line": describe_task(task, reason, data)}
+
+
+def init_params(cfg, topo, backend, model):
+    """The model's initial parameters, identical on every rank; a model too
+    large for this node's memory is an input error (startup.py)."""
+    from .comm.channel import agree_error
+    from .startup import check_model_memory
+    m = cfg.model
+    err, params = None, None
+    try:
+        check_model_memory(cfg, model.layout.size, model.dtype.itemsize, topo.shared.Get_size())
+        params = backend.xp.zeros(model.layout.size, dtype=cfg.run.dtype)
+        # identical initial parameters on every rank: the same seeded stream
+        model.init(params, np.random.default_rng([cfg.run.seed, 0x1D]))
+    except MemoryError:
+        err = (f"model.name: model {m.name} has {model.layout.size:,} parameters, "
+               f"{model.layout.size * model.dtype.itemsize:,} bytes per copy: out of memory")
+    except C.ConfigError as exc:
+        err = str(exc)
+    err = agree_error(topo.world, err)
+    if err:
+        fail_input(topo, err)
+    return params
 
 
 def open_checkpoints(cfg, topo, ctx, log, args, force=False):
@@ -198,6 +236,8 @@ def run(cfg, ctx, topo, args):
     log.say(f"mpidsgd: {cfg.algo.name} on {topo.size} rank(s), model {model.name} "
             f"({model.layout.size} params), {data.n_train} training samples, "
             f"{algo.total_steps} steps")
+    log.say(ctx["task_line"] if cfg.data.name == "file" else None)
+    log.say(f"mpidsgd: outputs in {out}" + (f", checkpoints in {ckpt.dir}" if ckpt else ""))
     stop_reason = None
 
     def account(info, s, before):
@@ -212,7 +252,8 @@ def run(cfg, ctx, topo, args):
         if s % cfg.run.log_every == 0 and meter.loss_n and s != before:
             log.record(kind="train", step=s, epoch=shard.epoch + shard.pos / shard.steps_per_epoch,
                        loss=meter.mean(), time_s=time.perf_counter() - meter.t0,
-                       bytes_train=channel.counters.bytes.get("train", 0.0), **algo.log_fields())
+                       bytes_train=channel.counters.bytes.get("train", 0.0),
+                       samples=algo.progress_samples(), **algo.log_fields())
 
     while True:
         # asynchronous algorithms: checkpoints and stops happen where every
@@ -258,60 +299,6 @@ def run(cfg, ctx, topo, args):
     summary = make_summary(cfg, topo, algo, shard, channel, final, train_loss, wall, stop_reason)
     write_summary(topo, log, os.path.join(out, "summary.json"), summary)   # collective
     log.close()
-    return summary
-
-
-def report(log, cfg, algo, shard, channel, metrics, loss, t0, final=False):
-    """Progress line (rank 0) and an eval record in metrics.jsonl."""
-    el = time.perf_counter() - t0
-    s = algo.step_count
-    rate = algo.progress_samples() / el if el > 0 else 0.0   # rank 0's pace, all ranks
-    mb = channel.counters.bytes.get("train", 0.0) / 1e6
-    ep = shard.epoch + shard.pos / shard.steps_per_epoch
-    acc = metrics.get("test_accuracy")
-    quality = f"acc {100 * acc:6.2f}%" if acc is not None else f"mse {metrics.get('test_mse', 0):.4g}"
-    log.record(kind="final" if final else "eval", step=s, epoch=ep, train_loss=loss,
-               time_s=el, bytes_train=mb * 1e6, **metrics)
-    if cfg.run.progress or final:
-        tag = "final" if final else f"step {s:>6}/{algo.total_steps}"
-        log.say(f"{tag}  ep {ep:6.2f}  loss {loss:.4f}  {quality}  "
-                f"{rate:9.0f} samples/s  {mb:9.2f} MB sent/rank")
-
-
-def make_summary(cfg, topo, algo, shard, channel, final, train_loss, wall, stop_reason):
-    """summary.json fields (docs/getting-started.md); communication figures are rank means."""
-    phases = sorted(set(channel.counters.bytes))
-    with channel.phase("metrics"):
-        vals = channel.allreduce_values(
-            [algo.samples] + [channel.counters.bytes.get(p, 0.0) for p in phases]
-            + [channel.counters.messages.get(p, 0) for p in phases])
-    P = topo.size
-    nb = len(phases)
-    by_bytes = {p: vals[1 + i] / P for i, p in enumerate(phases)}
-    by_msgs = {p: vals[1 + nb + i] / P for i, p in enumerate(phases)}
-    emu = cfg.comm.emulate
-    summary = {
-        "algorithm": cfg.algo.name,
-        "world_size": P,
-        "steps": algo.step_count,
-        "samples_processed": int(vals[0]),
-        "epochs": shard.epoch + shard.pos / shard.steps_per_epoch,
-        "final_test_accuracy": final.get("test_accuracy"),
-        "final_test_mse": final.get("test_mse"),
-        "final_test_loss": final.get("test_loss"),
-        "final_train_loss": train_loss,
-        "wall_time_s": wall,
-        "bytes_sent_per_rank": by_bytes.get("train", 0.0),
-        "messages_per_rank": by_msgs.get("train", 0.0),
-        "bytes_by_phase": by_bytes,
-        "messages_by_phase": by_msgs,
-        "stopped_by": stop_reason or "budget",
-    }
-    if emu.active:
-        summary["emulation"] = {"alpha": emu.alpha, "beta": emu.beta, "compute": emu.compute,
-                                "compute_s": emu.compute_s, "slow_ranks": emu.slow_ranks,
-                                "slowdown": emu.slowdown}
-    summary.update(algo.summary())
     return summary
 
 

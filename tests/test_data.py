@@ -17,6 +17,7 @@ from mpidsgd.config import Config, ConfigError
 from mpidsgd.data import Shard, load_data, shard_range, synthetic, synthetic_local
 from mpidsgd.data.files import split_rows
 from mpidsgd.data.formats import sibling_labels
+from mpidsgd.startup import resolve_task
 
 
 def make_cfg(**data):
@@ -27,7 +28,8 @@ def make_cfg(**data):
 
 
 def load(cfg):
-    return load_data(cfg, Channel(MPI.COMM_SELF), Backend("cpu"))
+    """load_data with the task the entry point would decide (startup.py)."""
+    return load_data(cfg, Channel(MPI.COMM_SELF), Backend("cpu"), resolve_task(cfg)[0])
 
 
 # -- synthetic ----------------------------------------------------------------
@@ -103,7 +105,11 @@ def test_load_data_synthetic_defaults():
     assert ds.train.X.dtype == np.float64 and ds.train.y.dtype == np.int64
     assert np.allclose(ds.train.X.mean(0), 0, atol=1e-12) and np.allclose(ds.train.X.std(0), 1)
     assert ds.train.steps_per_epoch == 3000 // 32
-    assert load(make_cfg(task="binary", n_samples=200)).n_outputs == 1
+    # binary data: two classes for a multi-class model, one logit for logreg
+    assert load(make_cfg(task="binary", n_samples=200)).n_outputs == 2
+    cfg = make_cfg(task="binary", n_samples=200)
+    cfg.model.name = "logreg"
+    assert (load(cfg).task, load(cfg).n_outputs) == ("binary", 1)
     cfg = make_cfg(n_classes=2, n_samples=200)
     cfg.model.name = "logreg"
     assert (load(cfg).task, load(cfg).n_outputs) == ("binary", 1)
@@ -220,6 +226,7 @@ def test_label_rules(tmp_path):
     ds = load(cfg)
     assert ds.task == "binary" and ds.n_outputs == 1 and list(ds.classes) == [-1, 1]
     cfg.data.path = str(tmp_path / "reg.npz")
+    cfg.model.name = "ridge"
     ds = load(cfg)
     assert ds.task == "regression" and ds.n_outputs == 1 and ds.train.y.dtype == np.float32
 

@@ -13,6 +13,7 @@ CASES = {
     "softmax-image": ("softmax", (2, 3), 4, {}),
     "mlp": ("mlp", (2, 3), 3, {"hidden": (5, 4)}),
     "mlp-nohidden": ("mlp", (4,), 3, {"hidden": ()}),
+    "mlp-mse": ("mlp", (2, 3), 1, {"hidden": (5, 4), "loss": "mse"}),
     "cnn": ("cnn", (2, 7, 9), 3, {"channels": (3, 4), "kernel": 3}),
     "cnn-k2-1block": ("cnn", (1, 6, 5), 2, {"channels": (2,), "kernel": 2}),
     "cnn-k5-3blocks": ("cnn", (3, 9, 8), 3, {"channels": (2, 3, 2), "kernel": 5}),
@@ -127,7 +128,10 @@ def test_forward_matches_reference(case):
         logits = {"softmax": lambda: Xf @ v["W"] + v["b"],
                   "mlp": lambda: mlp_logits_ref(model, params, X),
                   "cnn": lambda: cnn_logits_ref(model, params, X)}[model.name]()
-        ref, pred_ref = xent_ref(logits, y), logits.argmax(axis=1)
+        if model.task == "regression":         # mlp with loss = mse: one output
+            ref, pred_ref = 0.5 * np.mean((logits[:, 0] - y) ** 2), logits[:, 0]
+        else:
+            ref, pred_ref = xent_ref(logits, y), logits.argmax(axis=1)
     assert model.loss(params, X, y) == pytest.approx(ref, rel=1e-12)
     np.testing.assert_allclose(model.predict(params, X), pred_ref, rtol=1e-12)
 

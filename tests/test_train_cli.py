@@ -48,6 +48,13 @@ BAD = [
     (["--set", 'algo.name="oktopk"', "--set", "algo.throttle=0"], "algo.throttle"),
     (["--set", 'algo.name="oktopk"', "--set", "algo.threshold_every=0"], "algo.threshold_every"),
     (["--set", 'algo.name="oktopk"', "--set", "algo.region_every=0"], "algo.region_every"),
+    # non-finite floats, an empty step budget, a model no node can hold
+    (["--set", "algo.lr=inf"], "algo.lr must be a finite number, got inf"),
+    (["--set", "algo.lr=nan"], "algo.lr must be a finite number, got nan"),
+    (["--set", "run.epochs=0"], "run.steps and run.epochs are both 0: set run.steps"),
+    (["--set", "model.hidden=[300000,300000]"],
+     "model.hidden: model mlp has 90,022,800,010 parameters; parameters and gradient need 720.2 GB "
+     "(720,182,400,080 bytes)"),
 ]
 
 
@@ -62,6 +69,82 @@ def check_one_line(res, expect):
 @pytest.mark.parametrize("args,expect", BAD)
 def test_invalid_input_serial_exit_2_one_line(args, expect, tmp_path):
     check_one_line(launch(args, cwd=tmp_path), expect)
+
+
+def file_args(path, *more):
+    return ["--set", 'data.name="file"', "--set", f'data.path="{path}"', *more]
+
+
+@pytest.mark.parametrize("name,expect", [("x.npy", "unsupported extension .npy"),
+                                         ("r.npz", "cannot read as .npz (no zip header")])
+def test_npy_and_random_npz_exit_2_one_line(tmp_path, name, expect):
+    if name.endswith(".npy"):
+        np.save(tmp_path / name, np.zeros((8, 3)))
+    else:
+        (tmp_path / name).write_bytes(np.random.default_rng(0).bytes(2048))
+    res = launch(file_args(tmp_path / name, "--set", f'run.out_dir="{tmp_path}/out"'), cwd=tmp_path)
+    check_one_line(res, expect)
+    assert "pickle" not in res.stderr and not (tmp_path / "out").exists()   # nothing written
+
+
+def unusable_out_dirs(tmp_path):
+    """(out_dir, expected words): under a file, and a folder nobody may write
+    (root writes anywhere a mode bit forbids: then a sysfs path)."""
+    tmp_path.mkdir()
+    (tmp_path / "file").write_text("x")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    locked = "/sys/mpidsgd-out" if os.geteuid() == 0 else str(ro / "out")
+    return [(str(tmp_path / "file" / "out"), "is under the file"), (locked, "is not writable")]
+
+
+def test_unusable_out_dir_exit_2_at_start_serial_and_4_ranks(tmp_path):
+    for n in (None, 4):
+        for out, expect in unusable_out_dirs(tmp_path / str(n)):
+            res = launch([*TINY, "--set", f'run.out_dir="{out}"'], n=n, cwd=tmp_path)
+            check_one_line(res, f"run.out_dir {out} {expect}")
+            assert "mpidsgd: spardl on" not in res.stdout          # stopped before training
+
+
+def test_cuda_without_cupy_names_the_extra(monkeypatch):
+    from mpidsgd.config import ConfigError
+    from mpidsgd.startup import check_device
+    cfg, _ = train.load_cli(None, ["run.device=cuda"])
+    monkeypatch.setitem(sys.modules, "cupy", None)            # import cupy -> ImportError
+    with pytest.raises(ConfigError, match=r"run.device = cuda needs CuPy.*\.\[gpu\]"):
+        check_device(cfg)
+
+
+def test_file_regression_at_4_ranks_stays_regression(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 6))
+    y = np.round(150 + 40 * X @ rng.standard_normal(6))      # whole-number targets
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    out = tmp_path / "out"
+    res = launch(file_args(tmp_path / "d.npz", "--set", "model.name=ridge", "--set", "algo.name=sgd",
+                           "--set", "run.epochs=2", "--set", f'run.out_dir="{out}"'), n=4, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("mpidsgd: task regression (data.task = auto, model ridge") == 1
+    assert res.stdout.count(f"mpidsgd: outputs in {out}") == 1
+    s = json.loads((out / "summary.json").read_text())
+    assert s["final_test_accuracy"] is None and s["final_test_mse"] is not None
+
+
+def test_file_regression_job_runs_on_the_documented_example(tmp_path):
+    """jobs/file_regression.toml on the file its header comment makes: the
+    targets are whole numbers and stay regression targets (MSE near the
+    rounding noise 1/12 after a few epochs)."""
+    job = os.path.join(ROOT, "jobs", "file_regression.toml")
+    make = [ln.split("#", 1)[1].strip() for ln in open(job) if "np.savez(" in ln][0]
+    subprocess.run(make.replace("runs/regression.npz", str(tmp_path / "r.npz")), shell=True,
+                   check=True, cwd=tmp_path, timeout=120, executable="/bin/bash",
+                   env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]})
+    res = launch(["--config", job, "--set", f'data.path="{tmp_path / "r.npz"}"',
+                  "--set", f'run.out_dir="{tmp_path / "out"}"'], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["final_test_accuracy"] is None and s["final_test_mse"] < 0.2
 
 
 def test_malformed_data_file_exit_2(tmp_path):
@@ -128,6 +211,26 @@ def test_help_lists_options():
     assert res.returncode == 0
     for opt in ("--config", "--set", "--resume", "--print-config"):
         assert opt in res.stdout
+    text = " ".join(res.stdout.split())
+    assert "A run without --config is the built-in quickstart" in text
+    assert "takes the quickstart's value" in text
+
+
+def test_an_empty_config_file_runs_the_quickstart_budget(tmp_path):
+    (tmp_path / "empty.toml").write_text("")
+    res = launch(["--config", str(tmp_path / "empty.toml"), "--print-config"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    cfg = tomllib.loads(res.stdout)
+    assert cfg["run"]["epochs"] == train.QUICKSTART["run"]["epochs"]
+    assert cfg["run"]["out_dir"] == train.QUICKSTART["run"]["out_dir"]
+
+
+def test_vr_family_run_drops_the_quickstart_momentum_with_a_note(tmp_path):
+    res = launch([*TINY, "--set", "algo.name=saga", "--set", f'run.out_dir="{tmp_path}"'], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "mpidsgd: note: saga applies its own update, so the quickstart's algo.momentum = 0.9 " \
+           "is set to 0" in res.stdout
+    assert tomllib.loads((tmp_path / "config.toml").read_text())["algo"]["momentum"] == 0.0
 
 
 def test_print_config_resolves_overrides(tmp_path):

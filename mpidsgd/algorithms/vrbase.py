@@ -151,6 +151,7 @@ class VRBase(Algorithm):
     Options = VROptions
     modes = ("single", "sync")
     uses_table = True
+    refuses_momentum = True     # own update: the CLI drops the quickstart's momentum (defaults.py)
 
     @classmethod
     def check_config(cls, cfg):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import synthetic
+from ..config import ConfigError
 from .collective import agree_errors, agree_labels, agree_steps
 from .files import Local, read_local
 from .normalize import feature_stats, standardize
@@ -41,7 +42,14 @@ class Dataset:
     std: np.ndarray | None = None
 
 
-def synthetic_local(cfg, rank: int, size: int, part=None) -> Local:
+def generator_task(cfg, task=None) -> str:
+    """The synthetic generator: data.task, or under auto the label task's kind."""
+    if cfg.data.task != "auto":
+        return cfg.data.task
+    return "regression" if task == "regression" else "classification"
+
+
+def synthetic_local(cfg, rank: int, size: int, part=None, task=None) -> Local:
     """This rank's chunks of the synthetic training and test sets; `part` =
     (data rank, data ranks) of the training split (shard.train_part)."""
     d = cfg.data
@@ -54,43 +62,55 @@ def synthetic_local(cfg, rank: int, size: int, part=None) -> Local:
         n_train = d.n_samples
         lo, hi = train_range(n_train, part)
     tlo, thi = shard_range(d.n_test, rank, size)
-    teacher = synthetic.Teacher(cfg.run.seed, d.task, d.n_features, d.n_classes)
+    teacher = synthetic.Teacher(cfg.run.seed, generator_task(cfg, task), d.n_features, d.n_classes)
     X, y = synthetic.generate(d, cfg.run.seed, lo, hi, "train", teacher)
     tX, ty = synthetic.generate(d, cfg.run.seed, tlo, thi, "test", teacher)
     return Local(X, y, np.arange(lo, hi, dtype=np.int64), tX, ty,
                  (d.n_features,), n_train, d.n_test)
 
 
-def _labels(cfg, local, channel):
-    """(task, n_outputs, classes); file labels are mapped to 0..C-1 in place."""
+def _labels(cfg, local, channel, task):
+    """(n_outputs, classes) for the label task; file labels are mapped to
+    0..C-1 in place. The task, not the model, decides: binary needs exactly
+    two classes, classification integer labels, regression takes any number."""
+    if task == "regression":
+        return 1, None
     if cfg.data.name == "synthetic":
-        task = cfg.data.task
-        if task == "classification" and cfg.data.n_classes == 2 and cfg.model.name == "logreg":
-            task = "binary"           # labels are already 0/1: the file rule, applied alike
-        return task, (cfg.data.n_classes if task == "classification" else 1), None
+        n = 2 if generator_task(cfg, task) == "binary" else cfg.data.n_classes
+        if task == "binary" and n != 2:
+            raise ConfigError(f"data.n_classes = {n} but the task is binary: set data.n_classes = 2")
+        return (1 if task == "binary" else n), None
     classes = agree_labels([local.y, local.test_y], channel, "data.path")
-    if classes is None:
-        return "regression", 1, None
+    if task == "binary" and len(classes) != 2:
+        raise ConfigError(f"data.path {cfg.data.path}: {len(classes)} classes, but the task is binary "
+                          "(model.name = logreg); use a multi-class model (softmax, mlp, cnn)")
     local.y = np.searchsorted(classes, np.asarray(local.y, dtype=np.float64))
     local.test_y = np.searchsorted(classes, np.asarray(local.test_y, dtype=np.float64))
-    if len(classes) == 2 and cfg.model.name == "logreg":
-        return "binary", 1, classes
-    return "classification", len(classes), classes
+    return (1 if task == "binary" else len(classes)), classes
 
 
-def load_data(cfg, channel, backend, skip: int = 0) -> Dataset:
+def load_data(cfg, channel, backend, task=None, skip: int = 0) -> Dataset:
     """Build this rank's Dataset. Collective over `channel`. The first `skip`
     ranks (a parameter server) get an empty training shard; the others split
     the training set among themselves (the test set is split over all).
 
+    task: the label task, "classification" | "binary" | "regression", as
+    the entry point decided it from data.task and the model (startup.py);
+    None takes data.task, with auto read as classification.
+
     Invalid data (missing or malformed file, inconsistent arrays, a shard
-    smaller than one batch, ...) raises ConfigError with the same one-line
-    message on every rank.
+    smaller than one batch, labels that do not fit the task, ...) raises
+    ConfigError with the same one-line message on every rank.
     """
-    reader = synthetic_local if cfg.data.name == "synthetic" else read_local
+    task = task or ("classification" if cfg.data.task == "auto" else cfg.data.task)
     part = train_part(channel.rank, channel.size, skip)
+    if cfg.data.name == "synthetic":
+        def reader(c, r, p, pt):
+            return synthetic_local(c, r, p, pt, task)
+    else:
+        reader = read_local
     local = agree_errors(channel, lambda: reader(cfg, channel.rank, channel.size, part))
-    task, n_outputs, classes = _labels(cfg, local, channel)
+    n_outputs, classes = _labels(cfg, local, channel, task)
     mean = std = None
     if cfg.data.normalize:
         mean, std = feature_stats(local.X, channel)

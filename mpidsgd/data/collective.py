@@ -54,15 +54,16 @@ def agree_steps(n_local: int, batch_size: int, channel, holds: bool = True) -> i
 def agree_labels(ys, channel, key="data.path"):
     """Decide the label kind over all ranks' label arrays `ys`.
 
-    Returns None when some label anywhere is not an integer (regression
-    targets), else the sorted unique labels of all ranks (float64): class c
-    is the c-th of them.
+    Returns the sorted unique labels of all ranks (float64): class c is the
+    c-th of them. A label anywhere that is not an integer (a regression
+    target) is a ConfigError on every rank, as is a single class.
     """
     y = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in ys])
     with channel.phase("setup"):
         real, = channel.allreduce_values([float(np.any(y != np.floor(y)))], op=MPI.MAX)
         if real:
-            return None
+            raise ConfigError(f"{key}: labels are not all integers, so they are no classes; "
+                              "regression needs a regression model (model.name = ridge)")
         # the union of every rank's classes: an allgather padded with NaN
         mine = np.unique(y)
         width, = channel.allreduce_values([len(mine)], op=MPI.MAX)

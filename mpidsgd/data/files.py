@@ -64,8 +64,9 @@ def read_local(cfg, rank: int, size: int, part=None) -> Local:
     """Open the configured files and read this rank's rows (no collectives);
     `part` = (data rank, data ranks) of the training split (shard.train_part)."""
     d = cfg.data
-    src = open_source(d.path, "data.path", d.labels_path)
-    test = open_source(d.test_path, "data.test_path") if d.test_path else None
+    src = open_source(d.path, "data.path", d.labels_path, label_column=d.label_column)
+    test = open_source(d.test_path, "data.test_path", label_column=d.label_column) \
+        if d.test_path else None
     if isinstance(src, LibsvmSource) and isinstance(test, LibsvmSource):
         # a sparse test file may stop short of the last feature, or go past it
         src.n_features = test.n_features = max(src.n_features, test.n_features)

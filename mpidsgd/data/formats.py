@@ -1,76 +1,39 @@
-"""File readers: .npz, HDF5, LIBSVM/svmlight text and IDX (MNIST), plain or gzip.
+"""File readers: .npz, HDF5 and LIBSVM/svmlight text here, CSV (csvfile.py)
+and IDX (idx.py); `open_source` picks one by magic bytes, then by name.
 
-Every reader is a Source: `n` samples of raw shape `sample_shape`, and
-`read(rows)` returning (X float64, y as stored) for sorted row numbers.
-HDF5 and uncompressed IDX read only the block of rows asked for, so a rank
-touches only its own part of the file; .npz, gzip and text are read whole
-(their formats allow nothing else). Every failure is a one-line ConfigError
-naming the config key and the file.
+Every reader is a Source (source.py): `n` samples of raw shape
+`sample_shape`, and `read(rows)` returning (X float64, y as stored) for
+sorted row numbers. HDF5 and uncompressed IDX read only the block of rows
+asked for, so a rank touches only its own part of the file; .npz, gzip and
+text are read whole (their formats allow nothing else). Every failure is a
+one-line ConfigError naming the config key and the file. A `.npy` file is
+refused: one array carries no labels.
 """
 from __future__ import annotations
 
 import gzip
 import os
-import re
 import zipfile
 
 import numpy as np
 
 from ..config import ConfigError
+from .csvfile import CsvSource
+from .idx import GZIP_MAGIC, IdxSource, idx_header, looks_like_idx, sibling_labels
+from .source import Source, check_arrays, one_line, quote
+
+__all__ = ["CsvSource", "H5Source", "IdxSource", "LibsvmSource", "NpzSource", "Source",
+           "open_source", "sibling_labels"]
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-GZIP_MAGIC = b"\x1f\x8b"
-IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
-             0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+ZIP_MAGIC = b"PK\x03\x04"
+NPY_MAGIC = b"\x93NUMPY"
+SUPPORTED = ".npz, .h5/.hdf5, .csv, .svm/.libsvm/.txt or IDX"
+MAX_FEATURES = 2 ** 31 - 1   # LIBSVM feature indices: int32, as libsvm itself
 
 
-def _one_line(err) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-class Source:
-    """A data file: `n`, `sample_shape`, `read(rows) -> (X float64, y)`."""
-
-    fmt = "?"
-
-    def __init__(self, path, key):
-        self.path, self.key = path, key
-
-    def fail(self, msg):
-        raise ConfigError(f"{self.key} {self.path}: {msg}")
-
-    def _check_lengths(self, nx, ny, what="y"):
-        if nx != ny:
-            self.fail(f"X has {nx} samples but {what} has {ny}")
-        if nx == 0:
-            self.fail("holds no samples")
-
-    def read(self, rows):
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return np.empty((0, *self.sample_shape)), np.empty(0, self.y_dtype)
-        # one contiguous block covering the rows, then the rows inside it
-        lo, hi = int(rows[0]), int(rows[-1]) + 1
-        try:
-            X, y = self._block(lo, hi)
-        except ConfigError:
-            raise
-        except (OSError, ValueError, KeyError) as e:
-            self.fail(f"cannot read rows {lo}..{hi - 1} ({_one_line(e)})")
-        sel = rows - lo
-        return np.asarray(X[sel], dtype=np.float64), np.asarray(y[sel]).reshape(-1)
-
-
-def _check_arrays(src, X, y):
-    """Shapes and dtypes of stored X and y; returns sample_shape."""
-    if X.ndim < 1 or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-        src.fail(f"X must be a numeric array with one row per sample, got {X.dtype} {X.shape}")
-    if not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)) or \
-            not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
-        src.fail(f"y must hold one numeric label per sample, got {y.dtype} {y.shape}")
-    src._check_lengths(X.shape[0], y.shape[0])
-    src.y_dtype = y.dtype
-    return tuple(X.shape[1:]) or (1,)
+def _csv_hint(token) -> str:
+    return "; a comma-separated file must be named .csv" if "," in token else ""
 
 
 class NpzSource(Source):
@@ -82,13 +45,13 @@ class NpzSource(Source):
             with np.load(path, allow_pickle=False) as z:
                 missing = [k for k in ("X", "y") if k not in z.files]
                 if missing:
-                    self.fail(f"no array {missing[0]!r} (arrays: {sorted(z.files)})")
+                    self.fail(f"no array {missing[0]!r} (arrays: {quote(sorted(z.files))})")
                 self.X, self.y = z["X"], z["y"]
         except ConfigError:
             raise
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-            self.fail(f"cannot read as .npz ({_one_line(e)})")
-        self.sample_shape = _check_arrays(self, self.X, self.y)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError) as e:
+            self.fail(f"cannot read as .npz ({one_line(e)})")
+        self.sample_shape = check_arrays(self, self.X, self.y)
         self.n = self.X.shape[0]
 
     def _block(self, lo, hi):
@@ -103,9 +66,9 @@ class H5Source(Source):
         with self._open() as f:
             missing = [k for k in ("X", "y") if not isinstance(f.get(k), _h5py().Dataset)]
             if missing:
-                self.fail(f"no dataset {missing[0]!r} (keys: {sorted(f.keys())})")
+                self.fail(f"no dataset {missing[0]!r} (keys: {quote(sorted(f.keys()))})")
             X, y = f["X"], f["y"]
-            self.sample_shape = _check_arrays(self, X, y)
+            self.sample_shape = check_arrays(self, X, y)
             self.n = X.shape[0]
 
     def _open(self):
@@ -116,7 +79,7 @@ class H5Source(Source):
             except TypeError:
                 return h5py.File(self.path, "r")
         except OSError as e:
-            self.fail(f"cannot read as HDF5 ({_one_line(e)})")
+            self.fail(f"cannot read as HDF5 ({one_line(e)})")
 
     def _block(self, lo, hi):
         with self._open() as f:
@@ -147,7 +110,7 @@ class LibsvmSource(Source):
         try:
             text = _read_bytes(path, compressed).decode("utf-8")
         except (OSError, EOFError, UnicodeDecodeError) as e:
-            self.fail(f"cannot read as LIBSVM text ({_one_line(e)})")
+            self.fail(f"cannot read as LIBSVM text ({one_line(e)}); supported formats: {SUPPORTED}")
         labels, feats, counts, linenos = [], [], [], []
         for lineno, line in enumerate(text.splitlines(), 1):
             body = line.split("#", 1)[0].split()
@@ -167,6 +130,10 @@ class LibsvmSource(Source):
         if len(idx) and (np.any(idx != np.floor(idx)) or idx.min() < 1):
             bad = int(np.flatnonzero((idx != np.floor(idx)) | (idx < 1))[0])
             self.fail(f"line {np.repeat(linenos, counts)[bad]}: feature index must be an integer >= 1")
+        if len(idx) and idx.max() > MAX_FEATURES:
+            bad = int(np.argmax(idx))
+            self.fail(f"line {np.repeat(linenos, counts)[bad]}: feature index {idx[bad]:.0f} "
+                      f"is above {MAX_FEATURES}")
         self.cols = idx.astype(np.int64) - 1
         self.rows = np.repeat(np.arange(len(labels), dtype=np.int64), counts)
         self.n = len(labels)
@@ -183,7 +150,7 @@ class LibsvmSource(Source):
             for tok, ln in zip(feats, row_lines):
                 a, sep, b = tok.partition(":")
                 if not a or not b or ":" in b:
-                    self.fail(f"line {ln}: expected idx:value, got {tok!r}")
+                    self.fail(f"line {ln}: expected idx:value, got {quote(tok)}")
             self.fail("malformed idx:value tokens")
         return (self._numbers(parts[0::2], row_lines, "index"),
                 self._numbers(parts[1::2], row_lines, "value"))
@@ -196,7 +163,7 @@ class LibsvmSource(Source):
                 try:
                     float(s)
                 except ValueError:
-                    self.fail(f"line {ln}: {what} {s!r} is not a number")
+                    self.fail(f"line {ln}: {what} {quote(s)} is not a number{_csv_hint(s)}")
             raise
         if not np.all(np.isfinite(out)):
             self.fail(f"line {linenos[int(np.flatnonzero(~np.isfinite(out))[0])]}: non-finite {what}")
@@ -213,79 +180,7 @@ class LibsvmSource(Source):
         return X, self.y[lo:hi]
 
 
-class IdxSource(Source):
-    """MNIST-format images + labels; unsigned-byte images scaled to [0, 1]."""
-
-    fmt = "idx"
-
-    def __init__(self, path, key, labels_path="", labels_key="data.labels_path"):
-        super().__init__(path, key)
-        if not labels_path:
-            labels_path = sibling_labels(path)
-            if labels_path is None or not os.path.exists(labels_path):
-                self.fail(f"no labels file found next to the IDX images "
-                          f"(looked for {labels_path}); set {labels_key}")
-        elif not os.path.exists(labels_path):
-            raise ConfigError(f"{labels_key} {labels_path} does not exist")
-        self.images = _idx_array(path, key)
-        self.labels = _idx_array(labels_path, labels_key)
-        if self.labels.ndim != 1:
-            raise ConfigError(f"{labels_key} {labels_path}: labels must be 1-D, "
-                              f"got shape {self.labels.shape}")
-        self._check_lengths(self.images.shape[0], self.labels.shape[0], f"labels file {labels_path}")
-        self.scale = 1.0 / 255.0 if self.images.dtype == np.uint8 else 1.0
-        self.sample_shape = tuple(self.images.shape[1:]) or (1,)
-        self.n = self.images.shape[0]
-        self.y_dtype = self.labels.dtype
-
-    def _block(self, lo, hi):
-        X = np.asarray(self.images[lo:hi], dtype=np.float64).reshape(hi - lo, *self.sample_shape)
-        return X * self.scale if self.scale != 1.0 else X, np.asarray(self.labels[lo:hi])
-
-
-def sibling_labels(path):
-    """`*images-idx3-ubyte*` -> `*labels-idx1-ubyte*` (also with '.' separators)."""
-    folder, name = os.path.split(path)
-    new = re.sub(r"images([.-])idx3([.-])ubyte", r"labels\1idx1\2ubyte", name)
-    return os.path.join(folder, new) if new != name else None
-
-
-def _idx_header(head):
-    """(dtype, ndim) when `head` starts an IDX file, else None."""
-    if len(head) >= 4 and head[0] == 0 and head[1] == 0 and head[2] in IDX_TYPES and 1 <= head[3] <= 4:
-        return IDX_TYPES[head[2]], head[3]
-    return None
-
-
-def _idx_array(path, key):
-    """The whole IDX array: a read-only memmap, or in memory when gzipped."""
-    try:
-        with open(path, "rb") as f:
-            compressed = f.read(2) == GZIP_MAGIC
-        raw = _read_bytes(path, True) if compressed else None
-        if compressed:
-            head = raw[:4 + 4 * 4]
-        else:
-            with open(path, "rb") as f:
-                head = f.read(4 + 4 * 4)
-    except (OSError, EOFError) as e:
-        raise ConfigError(f"{key} {path}: cannot read as IDX ({_one_line(e)})")
-    hdr = _idx_header(head)
-    if hdr is None or len(head) < 4 + 4 * hdr[1]:
-        raise ConfigError(f"{key} {path}: not an IDX file (bad magic number)")
-    dtype, ndim = hdr
-    dims = tuple(int(v) for v in np.frombuffer(head[4:4 + 4 * ndim], dtype=">u4"))
-    offset = 4 + 4 * ndim
-    need = offset + int(np.prod(dims)) * dtype.itemsize
-    size = len(raw) if compressed else os.path.getsize(path)
-    if size < need:
-        raise ConfigError(f"{key} {path}: truncated IDX file ({size} bytes, header says {need})")
-    if compressed:
-        return np.frombuffer(raw, dtype=dtype, count=int(np.prod(dims)), offset=offset).reshape(dims)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=dims)
-
-
-def open_source(path, key, labels_path="", labels_key="data.labels_path") -> Source:
+def open_source(path, key, labels_path="", labels_key="data.labels_path", label_column=-1) -> Source:
     """Pick the reader by magic bytes, then by extension; LIBSVM text otherwise."""
     if not os.path.isfile(path):
         raise ConfigError(f"{key} {path} does not exist" if not os.path.exists(path)
@@ -298,12 +193,26 @@ def open_source(path, key, labels_path="", labels_key="data.labels_path") -> Sou
             with gzip.open(path, "rb") as f:
                 inner = f.read(8)
     except (OSError, EOFError) as e:
-        raise ConfigError(f"{key} {path}: cannot read ({_one_line(e)})")
-    ext = path.lower()
-    if head.startswith(b"PK") or ext.endswith(".npz"):
+        raise ConfigError(f"{key} {path}: cannot read ({one_line(e)})")
+    return _pick(path, key, head, inner, labels_path, labels_key, label_column)
+
+
+def _pick(path, key, head, inner, labels_path, labels_key, label_column):
+    """The reader for this file: magic bytes first, then the name."""
+    name = path.lower()
+    ext = os.path.splitext(name[:-3] if name.endswith(".gz") else name)[1]
+    if inner.startswith(NPY_MAGIC) or ext == ".npy":
+        raise ConfigError(f"{key} {path}: unsupported extension .npy (one array, no labels); "
+                          f"use {SUPPORTED}: numpy.savez(path, X=X, y=y) writes a .npz")
+    if head.startswith(ZIP_MAGIC):
         return NpzSource(path, key)
-    if head == HDF5_MAGIC or ext.endswith((".h5", ".hdf5")):
+    if ext == ".npz":
+        raise ConfigError(f"{key} {path}: cannot read as .npz (no zip header: not an archive "
+                          "from numpy.savez(path, X=X, y=y))")
+    if head == HDF5_MAGIC or ext in (".h5", ".hdf5"):
         return H5Source(path, key)
-    if _idx_header(inner) is not None:
+    if idx_header(inner) is not None or looks_like_idx(path):
         return IdxSource(path, key, labels_path, labels_key)
+    if ext == ".csv":
+        return CsvSource(path, key, label_column)
     return LibsvmSource(path, key, compressed=head[:2] == GZIP_MAGIC)

@@ -117,12 +117,14 @@ def generate(data_cfg, seed: int, start: int, stop: int, split: str = "train", t
     (int64 labels, float64 regression targets).
 
     Only the chunks covering [start, stop) are drawn. `data_cfg` is a
-    DataConfig (task, n_features, n_classes and noise are read).
+    DataConfig (task, n_features, n_classes and noise are read); without a
+    `teacher`, data.task = auto draws the classification task.
     """
     d = data_cfg.n_features
     if teacher is None:
-        teacher = Teacher(seed, data_cfg.task, d, data_cfg.n_classes)
-    ydtype = np.float64 if data_cfg.task == "regression" else np.int64
+        task = "classification" if data_cfg.task == "auto" else data_cfg.task
+        teacher = Teacher(seed, task, d, data_cfg.n_classes)
+    ydtype = np.float64 if teacher.task == "regression" else np.int64
     if stop <= start:
         return np.empty((0, d)), np.empty(0, ydtype)
     first, last = start // CHUNK, (stop - 1) // CHUNK

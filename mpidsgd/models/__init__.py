@@ -20,13 +20,14 @@ __all__ = ["MODELS", "NAMES", "build_model", "model_for", "Model", "LinearModel"
 
 
 def build_model(name, *, input_shape, n_outputs, hidden=(64,), channels=(8, 16), kernel=3,
-                l2=0.0, dtype="float32", xp=numpy) -> Model:
+                loss="cross_entropy", l2=0.0, dtype="float32", xp=numpy) -> Model:
     """Build the model registered as `name`.
 
     input_shape: (d,) for vectors or (C, H, W) for images (cnn needs 3-D; the
     others flatten it). n_outputs: number of classes (softmax, mlp, cnn);
     ignored by ridge and logreg. hidden: mlp hidden sizes. channels, kernel:
-    cnn conv blocks and kernel size. l2: L2 strength in loss and gradient.
+    cnn conv blocks and kernel size. loss: mlp output, "cross_entropy" (classes) or
+    "mse" (one output, regression). l2: L2 strength in loss and gradient.
     dtype: "float32" or "float64" for params, gradients and work arrays.
     xp: array module, numpy or cupy.
     """
@@ -34,7 +35,7 @@ def build_model(name, *, input_shape, n_outputs, hidden=(64,), channels=(8, 16),
         cls = MODELS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}") from None
-    arch = {"hidden": hidden, "channels": channels, "kernel": kernel}
+    arch = {"hidden": hidden, "channels": channels, "kernel": kernel, "loss": loss}
     opts = {k: arch[k] for k in cls.arch_options}
     return cls(input_shape, n_outputs, l2=l2, dtype=dtype, xp=xp, **opts)
 
@@ -50,4 +51,4 @@ def model_for(cfg, data, xp) -> Model:
                           dtype=cfg.run.dtype, xp=xp)
     return build_model(m.name, input_shape=data.input_shape, n_outputs=data.n_outputs,
                        hidden=tuple(m.hidden), channels=tuple(m.channels), kernel=m.kernel,
-                       l2=m.l2, dtype=cfg.run.dtype, xp=xp)
+                       loss=m.loss, l2=m.l2, dtype=cfg.run.dtype, xp=xp)

@@ -95,6 +95,7 @@ class LogReg(LinearModel):
     """
 
     name = "logreg"
+    binary = True        # one output: the run's task is binary (two classes)
 
     def _loss_derivs_(self, z, y):
         xp = self.xp

@@ -1,4 +1,6 @@
-"""Multi-layer perceptron: dense-ReLU hidden layers, softmax cross-entropy output."""
+"""Multi-layer perceptron: dense-ReLU hidden layers, then softmax cross-entropy
+(classification) or, with loss = "mse", one output and half squared error
+(regression)."""
 from __future__ import annotations
 
 from math import prod
@@ -14,17 +16,22 @@ class MLP(Model):
     """
 
     name = "mlp"
-    arch_options = ("hidden",)
+    arch_options = ("hidden", "loss")
+    LOSSES = ("cross_entropy", "mse")
 
-    def __init__(self, input_shape, n_outputs, *, hidden=(64,), **kw):
+    def __init__(self, input_shape, n_outputs, *, hidden=(64,), loss="cross_entropy", **kw):
         hidden = (hidden,) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
         if any(h < 1 for h in hidden):
             raise ValueError(f"mlp hidden sizes must be positive, got {hidden!r}")
-        self.hidden = hidden
-        super().__init__(input_shape, n_outputs, **kw)
+        if loss not in self.LOSSES:
+            raise ValueError(f"mlp loss must be one of {self.LOSSES}, got {loss!r}")
+        self.hidden, self.loss_kind = hidden, loss
+        # mse: a regression model with one output, whatever n_outputs says
+        self.task = "regression" if loss == "mse" else "classification"
+        super().__init__(input_shape, 1 if loss == "mse" else n_outputs, **kw)
 
     def _build(self):
-        if self.n_outputs < 2:
+        if self.loss_kind == "cross_entropy" and self.n_outputs < 2:
             raise ValueError(f"mlp needs n_outputs >= 2, got {self.n_outputs}")
         self.sizes = (prod(self.input_shape),) + self.hidden + (self.n_outputs,)
         for i, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
@@ -56,7 +63,13 @@ class MLP(Model):
         X = self._flat_input(X)
         v = self.layout.views(params)
         logits, acts = self._forward(v, X)
-        loss = softmax_xent_(logits, self._labels(y), xp)
+        if self.loss_kind == "mse":
+            # ½·mean (z − y)²; logits becomes dℓ/dz = z − y (scaled below)
+            r = logits[:, 0] - xp.asarray(y, dtype=self.dtype).reshape(-1)
+            loss = 0.5 * xp.mean(r * r)
+            logits[:, 0] = r
+        else:
+            loss = softmax_xent_(logits, self._labels(y), xp)
         if grad is None:
             return loss
 
@@ -76,6 +89,6 @@ class MLP(Model):
         return loss
 
     def predict(self, params, X):
-        """Class ids, shape (B,)."""
+        """Class ids (cross_entropy) or predicted targets (mse), shape (B,)."""
         logits, _ = self._forward(self.layout.views(params), self._flat_input(X))
-        return logits.argmax(axis=1)
+        return logits[:, 0].copy() if self.loss_kind == "mse" else logits.argmax(axis=1)
