@@ -573,13 +573,7 @@ def quiescent_state(path, P):
     return "no consistency rule for this asynchronous algorithm: add one here"
 
 
-# gosgd: while its Issends are in flight the stop agreement's Iallreduce rounds
-# barely progress here (3-5 rounds in 300 steps against ~90 with algo.p = 0),
-# so a checkpoint.every request is agreed late or never; found by this test
-GOSGD_STALL = "gosgd: stop-agreement rounds stall while gossip Issends are in flight"
-ASYNC_NAMES = [pytest.param(n, marks=pytest.mark.xfail(reason=GOSGD_STALL, strict=False))
-               if n == "gosgd" else n
-               for n in sorted(n for n, cls in REGISTRY.items() if not cls.synchronous)]
+ASYNC_NAMES = sorted(n for n, cls in REGISTRY.items() if not cls.synchronous)
 
 
 @pytest.mark.parametrize("name", ASYNC_NAMES)

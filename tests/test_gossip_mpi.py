@@ -14,10 +14,12 @@ from mpi4py import MPI
 
 from mpidsgd import config as C
 from mpidsgd.algorithms import REGISTRY
+from mpidsgd.algorithms import gosgd
 from mpidsgd.algorithms.gosgd import push_schedule
 from mpidsgd.backend import Backend
 from mpidsgd.comm.channel import Channel
 from mpidsgd.comm.gossip import Mailbox
+from mpidsgd.kernels.cpu.mixing import _mix_par
 from mpidsgd.models import build_model
 from mpiutil import FakeDeviceArray, assert_all, sub_comms
 
@@ -43,16 +45,16 @@ def start(rank, n):
     return np.random.default_rng([99, rank]).normal(size=n) * (1 + rank)
 
 
-def make(sub, *, steps=10, seed=0, **algo):
-    """A gosgd instance on `sub`, rank-specific start x_i, float64."""
-    table = {"run": {"steps": steps, "seed": seed, "dtype": "float64"},
+def make(sub, *, steps=10, seed=0, dtype="float64", **algo):
+    """A gosgd instance on `sub`, rank-specific start x_i (float64 unless asked)."""
+    table = {"run": {"steps": steps, "seed": seed, "dtype": dtype},
              "algo": {"name": "gosgd", "lr": 0.0, **algo}}
     cfg = C.from_dict(table)
     topo = SimpleNamespace(rank=sub.rank, size=sub.size, world=sub)   # cheap per run
     backend = Backend("cpu")
     ch = Channel(sub, backend=backend)
-    model = build_model("softmax", input_shape=(D,), n_outputs=K, dtype="float64")
-    params = start(topo.rank, model.layout.size)
+    model = build_model("softmax", input_shape=(D,), n_outputs=K, dtype=dtype)
+    params = start(topo.rank, model.layout.size).astype(dtype)
     algo = REGISTRY["gosgd"](cfg, topo, backend, model, params, ch)
     shard = FakeShard(topo.rank)
     algo.plan(shard)
@@ -272,3 +274,31 @@ def test_mailbox_payload_pairs_weight_and_step_and_stages_device_buffers():
         b, m = ch.counters.snapshot()
         ok &= sub.rank == 1 or m["train"] >= 2
         assert_all(ok, f"got {got}", comm=sub)
+
+
+@pytest.mark.parallel(nprocs=2)
+def test_merge_kernel_is_compiled_before_the_first_step(monkeypatch):
+    """The first call of the Numba merge kernel (seconds when compiled, about
+    0.5 s from the disk cache) must not fall inside the training loop: there it
+    came at each rank's first merge, at a different moment on every rank, and
+    no asynchronous stop-agreement round could complete while any rank was
+    stalled, so checkpoint.every and signal stops were agreed late or never.
+    Construction must call the kernel once in the parameters' dtype, so the
+    merges of the loop find it compiled."""
+    calls = []
+    real = gosgd.mix
+    monkeypatch.setattr(gosgd, "mix", lambda x, o, w: (calls.append((x.dtype, o.dtype, x.ndim,
+                                                                     x.flags.c_contiguous)),
+                                                       real(x, o, w)))
+    ok, seen = True, []
+    for dtype in ("float32", "float64"):
+        calls.clear()
+        algo, shard, _ = make(WORLD, dtype=dtype, p=1.0)
+        want = np.dtype(dtype)
+        ok &= calls == [(want, want, 1, True)]
+        # the specialisation a merge of the loop uses is there already
+        seen = [str(sig[0].dtype) for sig in _mix_par.signatures]
+        ok &= dtype in seen
+        run_to_end(algo, shard)
+        ok &= algo.merged > 0 and len(calls) == 1 + algo.merged
+    assert_all(ok, f"kernel calls {calls}, compiled for {seen}")

@@ -105,12 +105,25 @@ class GoSGD(Algorithm):
                                max_outstanding=1 if self.det else int(o.max_outstanding),
                                backend=self.backend,
                                info=self.size if self.shared_budget else 0)
+            self._warm_merge()
         self._host = self.backend.xp is np
         self.pushes = self.skipped = self.merged = 0
         self.staleness = 0            # sum over merges of (own step - sender's step)
         self.consensus = None
         self.t_first = self.t_last = None
         self.stats = {}
+
+    def _warm_merge(self):
+        """Compile (or load from Numba's disk cache) the merge kernel now.
+
+        Its first call costs 0.5 s (cached) to several seconds (compiled) and
+        would otherwise come at each rank's first merge, at a different moment
+        on every rank. The asynchronous stop agreement needs every rank to
+        poll for a round to complete, so each stalled rank held up all rounds
+        (checkpoint requests, signals) while the others stepped on; in a
+        short run that was most of it. Here every rank pays it before step 0."""
+        one = self.xp.zeros(1, self.params.dtype)
+        mix(one, one.copy(), 0.0)
 
     # -- budget -----------------------------------------------------------------------
     def plan(self, shard):
