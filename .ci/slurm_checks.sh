@@ -118,7 +118,7 @@ run_checks() {
     fail "1 quickstart: state $st, world_size $(json "$W/quick" world_size)"; explain quick
   fi
 
-  # 3. SIGTERM to the job's steps (what scancel and preemption send)
+  # 3. SIGTERM to the batch shell and every rank (what preemption sends)
   tm=$(submit term "${SIZE[@]}" slurm/train.sbatch "${SYNC[@]}" "${SLOW[@]}")
   # 4. a bad config: exit code 2, one error line
   bad=$(submit bad "${SIZE[@]}" slurm/train.sbatch jobs/quickstart.toml --set algo.lr=-1)
@@ -130,7 +130,7 @@ run_checks() {
     echo "slurm: usr1 job never reached step 120"
   fi
   if wait_step "$W/term" 120 150; then
-    scancel --signal=TERM "$tm"
+    scancel --full --signal=TERM "$tm"
   else
     echo "slurm: term job never reached step 120"
   fi
@@ -148,9 +148,9 @@ run_checks() {
   n=$(json "$W/term" steps)
   [ -f "$W/term/checkpoints/ckpt-$n.h5" ] && [ "$n" -lt 400 ] || why="$why; no checkpoint at step $n"
   if [ -z "$why" ]; then
-    pass "3 scancel --signal=TERM: stopped at step $n with ckpt-$n.h5, COMPLETED, ExitCode 0:0"
+    pass "3 scancel --full --signal=TERM: stopped at step $n with ckpt-$n.h5, COMPLETED, ExitCode 0:0"
   else
-    fail "3 scancel --signal=TERM: ${why#; }"; explain term
+    fail "3 scancel --full --signal=TERM: ${why#; }"; explain term
   fi
 
   # 4.
