@@ -28,14 +28,14 @@ submit() {
 
 # field JOBID KEY: one value of `scontrol show job`
 field() {
-  scontrol -o show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1
+  timeout 10 scontrol -o show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1
 }
 
 # wait_end JOBID SECONDS: wait until the job has ended (not requeued or
 # pending); prints its final state; cancels it on timeout
 wait_end() {
-  local jid=$1 t=$2 i st
-  for i in $(seq "$t"); do
+  local jid=$1 t=$2 st end=$((SECONDS + $2))
+  while [ "$SECONDS" -lt "$end" ]; do
     st=$(field "$jid" JobState)
     case $st in
       COMPLETED|FAILED|CANCELLED|TIMEOUT|OUT_OF_MEMORY|NODE_FAIL|BOOT_FAIL|DEADLINE)
@@ -50,8 +50,8 @@ wait_end() {
 
 # wait_step DIR STEP SECONDS: until the run's metrics.jsonl records STEP
 wait_step() {
-  local f=$1/metrics.jsonl i
-  for i in $(seq "$3"); do
+  local f=$1/metrics.jsonl end=$((SECONDS + $3))
+  while [ "$SECONDS" -lt "$end" ]; do
     if [ -f "$f" ] && python - "$f" "$2" <<'EOF'
 import json, sys
 steps = [json.loads(l).get("step", 0) for l in open(sys.argv[1]) if l.strip().startswith("{")]
@@ -76,31 +76,47 @@ sys.exit(0 if a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tob
 EOF
 }
 
+# extend_after_requeue JOBID: when the job is requeued (pending again after a
+# start), raise its time limit to 10 minutes; bounded by 300 s
+extend_after_requeue() {
+  local end=$((SECONDS + 300))
+  while [ "$SECONDS" -lt "$end" ]; do
+    if [ "$(field "$1" Restarts)" -ge 1 ] 2>/dev/null; then
+      timeout 10 scontrol update JobId="$1" TimeLimit=10 && return 0
+    fi
+    sleep 1
+  done
+  return 1
+}
+
 # explain NAME: the end of the job's output, for a failed check
 explain() { echo "--- $W/$1.out (last 15 lines)"; tail -n 15 "$W/$1.out" 2>/dev/null; echo "---"; }
 
 # check 2: a preempted job checkpoints, exits 0, is requeued, resumes and
-# ends in the reference's parameters; NAME JOBID
+# ends in the reference's parameters; NAME JOBID LABEL [slurm: Slurm, not
+# the template, requeues]
 check_requeued() {
   local name=$1 jid=$2 st d=$W/$1 why=""
   st=$(wait_end "$jid" 240)
-  grep -q "checkpoint written; requeueing" "$W/$name.out" || why="no requeue line"
+  if [ -z "${4:-}" ]; then
+    grep -q "checkpoint written; requeueing" "$W/$name.out" || why="no requeue line"
+  fi
   grep -q "resumed from .*ckpt-[0-9]*.h5 at step" "$W/$name.out" || why="$why; not resumed"
   [ "$st" = COMPLETED ] || why="$why; state $st"
   [ "$(field "$jid" Restarts)" -ge 1 ] 2>/dev/null || why="$why; Restarts=$(field "$jid" Restarts)"
   [ "$(json "$d" steps)" = 400 ] || why="$why; steps $(json "$d" steps)"
   same_params "$W/ref/checkpoints/ckpt-400.h5" "$d/checkpoints/ckpt-400.h5" || why="$why; params differ"
   if [ -z "$why" ]; then
-    pass "2 $3: checkpoint, exit 0, requeue, resume, same params as uninterrupted ($(grep -o 'resumed from .*' "$W/$name.out" | head -n 1))"
+    pass "$3: checkpoint, exit 0, requeue, resume, same params as uninterrupted ($(grep -o 'resumed from .*' "$W/$name.out" | head -n 1))"
   else
-    fail "2 $3: ${why#; }"; explain "$name"
+    fail "$3: ${why#; }"; explain "$name"
   fi
 }
 
 run_checks() {
-  local q ref u b tm bad st why n arr mrg
+  local q ref u b tm bad st why n arr mrg pre
   cd "$ROOT"
-  # everything at once: 16 declared CPUs hold four 4-rank jobs
+  # everything at once: 24 declared CPUs hold six 4-rank jobs
   q=$(submit quick "${SIZE[@]}" slurm/train.sbatch jobs/quickstart.toml --set run.steps=300)
   ref=$(submit ref "${SIZE[@]}" slurm/train.sbatch "${SYNC[@]}")
   u=$(submit usr1 "${SIZE[@]}" slurm/train.sbatch "${SYNC[@]}" "${SLOW[@]}")
@@ -109,6 +125,29 @@ run_checks() {
   # its own warning
   b=$(submit timelimit "${SIZE[@]}" --time=4 --signal=B:USR1@180 slurm/train.sbatch \
       "${SYNC[@]}" "${SLOWER[@]}")
+  # once requeued, give the job a longer limit: Slurm warns a restarted job
+  # sooner than the lead time says (up to a minute early; on a loaded VM a
+  # restart then makes little progress before its own warning)
+  extend_after_requeue "$b" &
+  local extender=$!
+
+  # 3. SIGTERM to every rank (scancel without --full: the job steps, not the
+  # batch shell, whose srun would end the step on SIGTERM)
+  tm=$(submit term "${SIZE[@]}" slurm/train.sbatch "${SYNC[@]}" "${SLOW[@]}")
+  # 4. a bad config: exit code 2, one error line
+  bad=$(submit bad "${SIZE[@]}" slurm/train.sbatch jobs/quickstart.toml --set algo.lr=-1)
+
+  # 2a. scancel --batch --signal=USR1 mid-run
+  if wait_step "$W/usr1" 120 240; then
+    scancel --batch --signal=USR1 "$u"
+  else
+    echo "slurm: usr1 job never reached step 120"
+  fi
+  if wait_step "$W/term" 120 240; then
+    scancel --signal=TERM "$tm"
+  else
+    echo "slurm: term job never reached step 120"
+  fi
 
   # 1. quickstart
   st=$(wait_end "$q" 180)
@@ -118,25 +157,9 @@ run_checks() {
     fail "1 quickstart: state $st, world_size $(json "$W/quick" world_size)"; explain quick
   fi
 
-  # 3. SIGTERM to the batch shell and every rank (what preemption sends)
-  tm=$(submit term "${SIZE[@]}" slurm/train.sbatch "${SYNC[@]}" "${SLOW[@]}")
-  # 4. a bad config: exit code 2, one error line
-  bad=$(submit bad "${SIZE[@]}" slurm/train.sbatch jobs/quickstart.toml --set algo.lr=-1)
-
-  # 2a. scancel --batch --signal=USR1 mid-run
-  if wait_step "$W/usr1" 120 150; then
-    scancel --batch --signal=USR1 "$u"
-  else
-    echo "slurm: usr1 job never reached step 120"
-  fi
-  if wait_step "$W/term" 120 150; then
-    scancel --full --signal=TERM "$tm"
-  else
-    echo "slurm: term job never reached step 120"
-  fi
   st=$(wait_end "$ref" 120)
   [ "$st" = COMPLETED ] || { fail "2 reference run: state $st"; explain ref; }
-  check_requeued usr1 "$u" "scancel --batch --signal=USR1"
+  check_requeued usr1 "$u" "2 scancel --batch --signal=USR1"
 
   # 3.
   st=$(wait_end "$tm" 180)
@@ -148,9 +171,9 @@ run_checks() {
   n=$(json "$W/term" steps)
   [ -f "$W/term/checkpoints/ckpt-$n.h5" ] && [ "$n" -lt 400 ] || why="$why; no checkpoint at step $n"
   if [ -z "$why" ]; then
-    pass "3 scancel --full --signal=TERM: stopped at step $n with ckpt-$n.h5, COMPLETED, ExitCode 0:0"
+    pass "3 scancel --signal=TERM: stopped at step $n with ckpt-$n.h5, COMPLETED, ExitCode 0:0"
   else
-    fail "3 scancel --full --signal=TERM: ${why#; }"; explain term
+    fail "3 scancel --signal=TERM: ${why#; }"; explain term
   fi
 
   # 4.
@@ -179,7 +202,11 @@ run_checks() {
   fi
 
   # 2b. --signal=B:USR1@180 before a 4-minute time limit
-  check_requeued timelimit "$b" "--signal=B:USR1@180 --time=4"
+  wait "$extender"
+  check_requeued timelimit "$b" "2 --signal=B:USR1@180 --time=4"
+
+  # 3b. real preemption: a job of the urgent partition needs the whole node
+  pre=$(submit preempt "${SIZE[@]}" slurm/train.sbatch "${SYNC[@]}" "${SLOW[@]}")
 
   st=$(wait_end "$mrg" 180)
   why=""
@@ -196,4 +223,14 @@ run_checks() {
   else
     fail "5 sweep: ${why#; }"; tail -n 5 "$W"/sweep-*.out
   fi
+
+  # 3b. (PreemptMode=REQUEUE, GraceTime=60: SIGTERM to the job, requeue)
+  if wait_step "$W/preempt" 120 150; then
+    sbatch --parsable --partition=urgent --ntasks=1 --cpus-per-task="$SLURM_CI_CPUS" \
+      --job-name=urgent --output="$W/urgent.out" --wrap "echo ran" > /dev/null
+  else
+    echo "slurm: preempt job never reached step 120"
+  fi
+  check_requeued preempt "$pre" "3b preempted by an urgent-partition job (SIGTERM, Slurm requeues)" \
+    "requeue"
 }

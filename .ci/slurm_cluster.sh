@@ -6,7 +6,7 @@
 # their pid files) and is safe to call more than once.
 
 SLURM_CI_NODE=ci
-SLURM_CI_CPUS=16       # declared; the machine may have fewer (ranks oversubscribe)
+SLURM_CI_CPUS=24       # declared; the machine may have fewer (ranks oversubscribe)
 SLURM_CI_GPUS=4        # count-only GRES, for `sbatch --test-only` of the GPU template
 
 # apt-get install slurm-wlm and munge when missing (root only); returns 1 with
@@ -44,6 +44,10 @@ cluster_config() {
   chmod 700 "$d/munge"; chmod 600 "$d/munge/munge.key"
   cat > "$d/slurm.conf" <<EOF
 ClusterName=mpidsgd-ci
+# job ids unique to this cluster's run: MPICH names its shared-memory segment
+# after the job, so a segment left in /dev/shm by a killed job of an earlier
+# run must not meet a new job with the same id
+FirstJobId=$(( ($(date +%s) % 600000) * 100 + 1000 ))
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=${SLURM_CI_PORT:-16817}
 SlurmdPort=$(( ${SLURM_CI_PORT:-16817} + 1 ))
@@ -104,10 +108,16 @@ cluster_up() {
     --log-file="$d/munge/munged.log" --seed-file="$d/munge/munged.seed" || return 1
   slurmctld -f "$SLURM_CONF" || return 1
   slurmd -f "$SLURM_CONF" -N "$SLURM_CI_NODE" || return 1
-  for i in $(seq 60); do
-    if [ "$(sinfo -h -n "$SLURM_CI_NODE" -o %t 2>/dev/null)" = idle ]; then
+  # a deadline, not a count: a client call can block while a daemon is down
+  local end=$((SECONDS + 60))
+  while [ "$SECONDS" -lt "$end" ]; do
+    if [ "$(timeout 5 sinfo -h -n "$SLURM_CI_NODE" -o %t 2>/dev/null)" = idle ]; then
       return 0
     fi
+    [ $((end - SECONDS)) -lt 55 ] && for i in slurmctld slurmd; do
+      kill -0 "$(cat "$d/$i.pid" 2>/dev/null)" 2>/dev/null || {
+        echo "slurm: $i is not running (port in use? see $d/log/$i.log)" >&2; return 1; }
+    done
     sleep 1
   done
   echo "slurm: node not idle after 60 s: $(sinfo -h -N -o '%N %t %E' 2>&1)" >&2
@@ -122,7 +132,8 @@ cluster_down() {
   if [ -s "$d/slurmctld.pid" ]; then
     jobs=$(timeout 10 squeue -h -o %A 2>/dev/null | sort -u)
     [ -z "$jobs" ] || timeout 10 scancel $jobs 2>/dev/null || true
-    for i in $(seq 30); do
+    i=$((SECONDS + 30))
+    while [ "$SECONDS" -lt "$i" ]; do
       [ -z "$(timeout 5 scontrol listpids 2>/dev/null | tail -n +2)" ] && break
       sleep 1
     done

@@ -20,9 +20,12 @@ mpidsgd_launcher() {
   local srun=(srun --mpi="$mpi" --ntasks="$n" --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
               --kill-on-bad-exit=1)
   if [ "$mode" = auto ]; then
-    size=$(timeout 120 "${srun[@]}" python -c \
+    # (the whole output: cutting the pipe early would kill ranks still in
+    # MPI_Finalize and leave their shared-memory segment to the next step)
+    size=$(timeout 120 "${srun[@]}" bash -c 'trap "" USR1; exec python -c "$1"' probe \
       'from mpi4py import MPI; c = MPI.COMM_WORLD; print(c.size) if c.rank == 0 else None' \
-      2>/dev/null | head -n 1) || true
+      2>/dev/null) || true
+    size=${size%%$'\n'*}
     if [ "$size" = "$n" ]; then
       mode=srun
       echo "mpidsgd: launcher: srun --mpi=$mpi (probe: $n ranks in one MPI world)"
@@ -31,6 +34,8 @@ mpidsgd_launcher() {
       echo "mpidsgd: launcher: srun --mpi=$mpi cannot start this MPI's ranks" \
            "(probe saw world size '${size:-none}', not $n); using mpiexec inside the allocation"
     fi
+  else
+    echo "mpidsgd: launcher: $mode (MPIDSGD_LAUNCHER)"
   fi
   if [ "$mode" = srun ]; then
     LAUNCH=("${srun[@]}")
@@ -42,39 +47,69 @@ mpidsgd_launcher() {
 
 # SIGUSR1 reaches the batch shell (--signal=B:USR1@N before the time limit,
 # or scancel --batch --signal=USR1): ask every rank to checkpoint and stop,
-# then requeue. SIGTERM (preemption, scancel --full): the ranks got it too;
-# wait for their checkpoint; Slurm itself requeues a preempted job.
-mpidsgd_on_usr1() {
-  echo "mpidsgd: preemption warning; asking the ranks to checkpoint"
-  PREEMPTED=1
+# then requeue. The trap is set as soon as this file is sourced, since the
+# warning may come at any time, even before the ranks have started (a
+# requeued job can be warned at once). The ranks start with SIGUSR1 ignored
+# (inherited SIG_IGN) until mpidsgd installs its handler, so a warning that
+# comes too early is lost, never fatal; the trap repeats it every 10 s until
+# the step ends. SIGTERM of preemption and of scancel goes to the job steps,
+# i.e. straight to the ranks, which checkpoint and exit 0 (Slurm itself
+# requeues a preempted job). Should SIGTERM reach this shell too (scancel
+# --full), pass it on to mpiexec and wait; srun ends its step on SIGTERM by
+# itself, so with srun use SIGUSR1 to the batch shell for a clean stop.
+PREEMPTED=0
+STEP=
+LAUNCHER=
+mpidsgd_forward_usr1() {
+  [ -n "$STEP" ] || return 0
   if [ "$LAUNCHER" = srun ]; then
-    scancel --signal=USR1 "$SLURM_JOB_ID"
+    scancel --signal=USR1 "$SLURM_JOB_ID" 2>/dev/null || true
   else
     kill -USR1 "$STEP" 2>/dev/null || true   # mpiexec passes SIGUSR1 on to the ranks
   fi
+}
+mpidsgd_on_usr1() {
+  echo "mpidsgd: preemption warning; asking the ranks to checkpoint"
+  PREEMPTED=1
+  mpidsgd_forward_usr1
 }
 mpidsgd_on_term() {
   echo "mpidsgd: SIGTERM; waiting for the ranks' checkpoint"
   [ "$LAUNCHER" = srun ] || kill -TERM "$STEP" 2>/dev/null || true
 }
+trap mpidsgd_on_usr1 USR1
+trap mpidsgd_on_term TERM
 
-# mpidsgd_step PROGRAM ARGS...: run it on every rank; exit status of the step;
-# requeue the job when it stopped on SIGUSR1 with exit 0
+# the run stopped on the warning (not at the end of its budget): requeue it
+mpidsgd_stopped_early() {
+  local summary=${MPIDSGD_RUN_DIR:-}/summary.json
+  [ -n "${MPIDSGD_RUN_DIR:-}" ] && [ -f "$summary" ] || return 0
+  ! grep -q '"stopped_by": "budget"' "$summary"
+}
+
+# mpidsgd_step PROGRAM ARGS...: run it on every rank; exit status of the
+# step; requeue the job when it stopped on SIGUSR1 with exit 0
+# (MPIDSGD_RUN_DIR: the run's out_dir, whose summary.json tells whether it
+# stopped early or finished anyway)
 mpidsgd_step() {
-  local rc=0
-  PREEMPTED=0
-  trap mpidsgd_on_usr1 USR1
-  trap mpidsgd_on_term TERM
-  "${LAUNCH[@]}" "$@" &
+  local rc=0 t=0
+  "${LAUNCH[@]}" bash -c 'trap "" USR1; exec "$@"' mpidsgd-rank "$@" &
   STEP=$!
-  wait "$STEP" || rc=$?
-  while kill -0 "$STEP" 2>/dev/null; do   # wait returned early for a trap
-    rc=0; wait "$STEP" || rc=$?
+  [ "$PREEMPTED" = 0 ] || mpidsgd_forward_usr1
+  while kill -0 "$STEP" 2>/dev/null; do
+    sleep 1 & wait $! || true               # the traps run here
+    t=$((t + 1))
+    if [ "$PREEMPTED" = 1 ] && [ $((t % 10)) = 0 ]; then mpidsgd_forward_usr1; fi
   done
-  trap - USR1 TERM
+  wait "$STEP" || rc=$?
+  STEP=
   if [ "$PREEMPTED" = 1 ] && [ "$rc" = 0 ]; then
-    echo "mpidsgd: checkpoint written; requeueing ${SLURM_JOB_ID}"
-    scontrol requeue "$SLURM_JOB_ID"
+    if mpidsgd_stopped_early; then
+      echo "mpidsgd: checkpoint written; requeueing ${SLURM_JOB_ID}"
+      scontrol requeue "$SLURM_JOB_ID"
+    else
+      echo "mpidsgd: the run finished before the warning reached it; not requeued"
+    fi
   fi
   return "$rc"
 }
