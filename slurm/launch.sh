@@ -87,6 +87,11 @@ mpidsgd_stopped_early() {
   ! grep -q '"stopped_by": "budget"' "$summary"
 }
 
+# Slurm chose this job for preemption (SIGTERM to its steps)
+mpidsgd_preempted() {
+  scontrol -o show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'PreemptTime=[0-9]'
+}
+
 # mpidsgd_step PROGRAM ARGS...: run it on every rank; exit status of the
 # step; requeue the job when it stopped on SIGUSR1 with exit 0
 # (MPIDSGD_RUN_DIR: the run's out_dir, whose summary.json tells whether it
@@ -103,13 +108,18 @@ mpidsgd_step() {
   done
   wait "$STEP" || rc=$?
   STEP=
-  if [ "$PREEMPTED" = 1 ] && [ "$rc" = 0 ]; then
+  if [ "$rc" = 0 ] && [ "$PREEMPTED" = 1 ]; then
     if mpidsgd_stopped_early; then
       echo "mpidsgd: checkpoint written; requeueing ${SLURM_JOB_ID}"
       scontrol requeue "$SLURM_JOB_ID"
     else
       echo "mpidsgd: the run finished before the warning reached it; not requeued"
     fi
+  elif [ "$rc" = 0 ] && mpidsgd_stopped_early && mpidsgd_preempted; then
+    # Slurm requeues a preempted job only if it is still running at the end
+    # of GraceTime; this one stopped cleanly before that
+    echo "mpidsgd: preempted; checkpoint written; requeueing ${SLURM_JOB_ID}"
+    scontrol requeue "$SLURM_JOB_ID"
   fi
   return "$rc"
 }
