@@ -31,10 +31,16 @@ field() {
   timeout 10 scontrol -o show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1
 }
 
+# every wait also ends at ALL_END, so that failing checks (which wait out
+# their timeouts) keep the script within its 8 minutes
+ALL_END=$((SECONDS + 420))
+deadline() { local e=$((SECONDS + $1)); echo $((e < ALL_END ? e : ALL_END)); }
+
 # wait_end JOBID SECONDS: wait until the job has ended (not requeued or
 # pending); prints its final state; cancels it on timeout
 wait_end() {
-  local jid=$1 t=$2 st end=$((SECONDS + $2))
+  local jid=$1 t=$2 st end
+  end=$(deadline "$2")
   while [ "$SECONDS" -lt "$end" ]; do
     st=$(field "$jid" JobState)
     case $st in
@@ -50,7 +56,8 @@ wait_end() {
 
 # wait_step DIR STEP SECONDS: until the run's metrics.jsonl records STEP
 wait_step() {
-  local f=$1/metrics.jsonl end=$((SECONDS + $3))
+  local f=$1/metrics.jsonl end
+  end=$(deadline "$3")
   while [ "$SECONDS" -lt "$end" ]; do
     if [ -f "$f" ] && python - "$f" "$2" <<'EOF'
 import json, sys
@@ -79,7 +86,8 @@ EOF
 # extend_after_requeue JOBID: when the job is requeued (pending again after a
 # start), raise its time limit to 10 minutes; bounded by 300 s
 extend_after_requeue() {
-  local end=$((SECONDS + 300))
+  local end
+  end=$(deadline 300)
   while [ "$SECONDS" -lt "$end" ]; do
     if [ "$(field "$1" Restarts)" -ge 1 ] 2>/dev/null; then
       timeout 10 scontrol update JobId="$1" TimeLimit=10 && return 0
