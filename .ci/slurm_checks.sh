@@ -41,12 +41,13 @@ deadline() { local e=$((SECONDS + $1)); echo $((e < ALL_END ? e : ALL_END)); }
 wait_end() {
   local jid=$1 t=$2 st end
   end=$(deadline "$2")
-  while [ "$SECONDS" -lt "$end" ]; do
+  while :; do                      # at least one look, even past the deadline
     st=$(field "$jid" JobState)
     case $st in
       COMPLETED|FAILED|CANCELLED|TIMEOUT|OUT_OF_MEMORY|NODE_FAIL|BOOT_FAIL|DEADLINE)
         echo "$st"; return 0;;
     esac
+    [ "$SECONDS" -lt "$end" ] || break
     sleep 1
   done
   scancel "$jid" 2>/dev/null
