@@ -292,7 +292,7 @@ def test_unwritable_checkpoint_dir_exits_2_before_the_first_step(tmp_path):
 # -- the Slurm requeue flow, with stand-ins for srun/scancel/scontrol ---------------------
 FAKE_SRUN = """#!/bin/bash
 echo $$ > "$FAKE_DIR/srun.pid"
-shift   # --kill-on-bad-exit=1
+while [ "${1#--}" != "$1" ]; do shift; done   # --mpi=pmi2 --ntasks=N ...
 exec mpiexec -n "$SLURM_NTASKS" "$@"
 """
 FAKE_SCANCEL = """#!/bin/bash
@@ -323,7 +323,7 @@ def test_slurm_script_checkpoints_on_usr1_requeues_and_resumes(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", FAKE_DIR=str(tmp_path),
                SLURM_JOB_ID="4242", SLURM_JOB_NAME="t", SLURM_NTASKS="2",
-               SLURM_CPUS_PER_TASK="1", MPIDSGD_OUT=str(out))
+               SLURM_CPUS_PER_TASK="1", MPIDSGD_OUT=str(out), MPIDSGD_LAUNCHER="srun")
     env.pop("_PYTEST_MPI_CHILD_PROCESS", None)
     script = os.path.join(root, "slurm", "train.sbatch")
     slow = ["--set", 'comm.emulate.compute="fixed"', "--set", "comm.emulate.compute_s=0.02"]
