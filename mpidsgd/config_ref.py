@@ -66,7 +66,6 @@ def _md_text(text):
 
 def markdown() -> str:
     """The configuration reference as Markdown tables (docs/configuration.md)."""
-    from .algorithms import REGISTRY
     out = ["| key | default | meaning |", "|---|---|---|"]
     for key, default, meaning in reference():
         out.append(f"| `{key}` | {_md_value(default)} | {_md_text(meaning)} |")
@@ -76,11 +75,6 @@ def markdown() -> str:
             "| key | algorithms | default | meaning |", "|---|---|---|---|"]
     for key, default, meaning, names in sorted(rows, key=lambda r: (r[0], r[3])):
         out.append(f"| `{key}` | {', '.join(names)} | {_md_value(default)} | {_md_text(meaning)} |")
-    changed = [(n, REGISTRY[n].defaults) for n in sorted(REGISTRY) if getattr(REGISTRY[n], "defaults", None)]
-    if changed:
-        out += ["", "Common defaults an algorithm changes: " + "; ".join(
-            f"`{n}`: " + ", ".join(f"`algo.{k} = {_toml_value(v)}`" for k, v in d.items())
-            for n, d in changed) + "."]
     return "\n".join(out)
 
 

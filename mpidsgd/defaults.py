@@ -29,7 +29,7 @@ def _user_tables(path, overrides) -> dict:
     return C.merge(tables, C.parse_set(overrides))
 
 
-def load_cli(path=None, overrides=()):
+def load_cli(path=None, overrides=(), world_size=None):
     """(Config, notes) of a command-line run: QUICKSTART < file < --set.
 
     Algorithms that apply their own update (the variance-reduction family)
@@ -38,6 +38,7 @@ def load_cli(path=None, overrides=()):
     refused by the algorithm's own check.
     """
     from .algorithms import REGISTRY
+    from .catalog import config_from_dict
     user = _user_tables(path, overrides)
     base = {sec: dict(tbl) for sec, tbl in QUICKSTART.items()}
     name = user.get("algo", {}).get("name", base["algo"]["name"])
@@ -47,4 +48,4 @@ def load_cli(path=None, overrides=()):
         base["algo"]["momentum"] = 0.0
         notes.append(f"note: {name} applies its own update, so the quickstart's "
                      f"algo.momentum = {QUICKSTART['algo']['momentum']} is set to 0")
-    return C.from_dict(C.merge(base, user)), notes
+    return config_from_dict(C.merge(base, user), world_size), notes

@@ -116,9 +116,8 @@ def setup(args, topo):
                          f"{expect} (SLURM_NTASKS): is mpi4py built against the cluster's MPI?")
     notes = []
     try:
-        cfg, notes = load_cli(args.config, args.overrides)
-        from .algorithms import REGISTRY
-        REGISTRY[cfg.algo.name].check_world(cfg, topo.size)
+        # the algorithm's own rules run here, once, with the world size
+        cfg, notes = load_cli(args.config, args.overrides, world_size=topo.size)
         if not args.print_config:
             check_start(cfg, topo)
     except C.ConfigError as exc:

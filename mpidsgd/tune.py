@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config as C
+from .catalog import load_config
 
 # the paper's best mu_L on CIFAR, for the plot and the docs
 PAPER_CIFAR = {1: 0.7, 2: 0.6, 4: 0.2, 8: 0.1, 16: -0.675}
@@ -197,7 +198,7 @@ def momentum(args, runner=None, say=print):
     if args.budget_samples < 1 or args.ranks_per_group < 1 or not args.compute_s > 0:
         raise C.ConfigError("--budget-samples, --ranks-per-group and --compute-s must be > 0")
     from .train import QUICKSTART
-    base = C.load(args.config, list(args.overrides), base=None if args.config else QUICKSTART)
+    base = load_config(args.config, list(args.overrides), base=None if args.config else QUICKSTART)
     specs = plan(args, base.data.batch_size)
     say(f"mpidsgd.tune: {len(specs)} asgd runs of {specs[0].steps} server updates "
         f"({args.budget_samples} samples) each")

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from mpidsgd import config as C
+from mpidsgd.catalog import config_from_dict
 from mpidsgd.algorithms import REGISTRY
 from mpidsgd.comm.channel import Channel
 from mpidsgd.data import Shard, shard_range
@@ -46,7 +46,7 @@ def make_cfg(name, steps, *, lr=0.1, momentum=0.0, seed=5, optimizer="sgd", sche
     algo = {"name": name, "lr": lr, "momentum": momentum, "optimizer": optimizer, **opts}
     if schedule:
         algo.update(schedule)
-    return C.from_dict({"run": {"seed": seed, "steps": steps, "dtype": "float64"},
+    return config_from_dict({"run": {"seed": seed, "steps": steps, "dtype": "float64"},
                         "model": {"name": "mlp", "hidden": [5]}, "algo": algo})
 
 

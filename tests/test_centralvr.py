@@ -8,8 +8,9 @@ import pytest
 from mpi4py import MPI
 
 from mpidsgd import config as C
-from mpidsgd.algorithms import REGISTRY
-from mpidsgd.algorithms.vrbase import DRAW, Tableau, check_vr_config
+
+from mpidsgd.catalog import load_config, config_from_dict
+from mpidsgd.algorithms.vrbase import DRAW, Tableau
 from mpidsgd.data.shard import Shard
 from mpidsgd.models import build_model
 from mpidsgd.topology import Topology
@@ -23,7 +24,7 @@ BASE = {"run": {"epochs": 1, "dtype": "float64"}, "model": {"name": "logreg", "l
 def cfg_with(**algo):
     tables = {k: dict(v) for k, v in BASE.items()}
     tables["algo"] = {"name": "centralvr", **algo}
-    return C.from_dict(tables)
+    return config_from_dict(tables)
 
 
 @pytest.mark.parametrize("algo, key", [
@@ -47,16 +48,15 @@ def test_bad_config_names_the_key(algo, key):
 
 def test_world_size_and_model_checks():
     cfg = cfg_with(mode="sync")
-    cls = REGISTRY["centralvr"]
     for mode, size, key in (("single", 2, "algo.mode = single"), ("async", 1, "algo.mode = async")):
         cfg.algo.options.mode = mode
         with pytest.raises(C.ConfigError, match=key):
-            check_vr_config(cls, cfg, size)
+            cfg.algo.options.validate(cfg, size)
     tables = {k: dict(v) for k, v in BASE.items()}
     tables["model"] = {"name": "mlp"}
     tables["algo"] = {"name": "centralvr", "table": "samples"}
     with pytest.raises(C.ConfigError, match=r"algo\.table"):
-        C.from_dict(tables)
+        config_from_dict(tables)
 
 
 @pytest.mark.parametrize("name, C_", [("ridge", None), ("logreg", None), ("softmax", 3)])
@@ -97,7 +97,7 @@ def make_serial(algo, **opts):
                        "batch_size": opts.pop("B", 3)},
               "model": {"name": "logreg", "l2": 0.01},
               "algo": {"name": algo, "lr": 0.1, "mode": "sync", **opts}}
-    cfg = C.from_dict(tables)
+    cfg = config_from_dict(tables)
     cfg.algo.options.mode = "single"
     ctx = build(cfg, Topology(MPI.COMM_SELF))
     return ctx["algo"], ctx["data"].train
@@ -182,5 +182,5 @@ def test_vr_bench_suites_run_at_a_constant_step(suite):
         over = spec["suite"].get("set", []) + run.get("set", [])
         if "algo.mode='async'" in over:      # async needs P >= 2; the schedule does not depend on it
             over = over + ["algo.mode='sync'"]
-        cfg = C.load(None, over, base=QUICKSTART)      # what `python -m mpidsgd.train --set ...` builds
+        cfg = load_config(None, over, base=QUICKSTART)      # what `python -m mpidsgd.train --set ...` builds
         assert cfg.algo.schedule == "constant", f"{suite}: {run['label']} runs at a {cfg.algo.schedule} step"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpidsgd import config as C
+from mpidsgd.catalog import config_from_dict
 from mpidsgd.comm import costmodel as cm
 from mpidsgd.topology import Topology
 from mpidsgd.train import build
@@ -35,7 +35,7 @@ def make(sub, algo, model="logreg", *, mode="sync", n_per_rank=None, n_total=Non
     algo_t = {"name": algo, "lr": lr, **extra}
     if algo != "sgd":
         algo_t["mode"] = "sync" if mode == "single" else mode
-    cfg = C.from_dict({"run": {"seed": seed, "epochs": epochs, "dtype": "float64", "eval_every": 0},
+    cfg = config_from_dict({"run": {"seed": seed, "epochs": epochs, "dtype": "float64", "eval_every": 0},
                        "data": data, "model": {"name": model, "l2": l2}, "algo": algo_t})
     if mode == "single":          # the world-size check sees COMM_WORLD; this run is on P = 1
         cfg.algo.options.mode = "single"
@@ -270,7 +270,7 @@ def test_async_with_a_three_times_slower_rank_reaches_1e8():
         # 2e-9..2.5e-8 run to run, so 1e-8 was not a safe bound). The arrival
         # order varies run to run: 200 epochs at lr 0.3 ended at 1e-11..1e-7 in
         # eight runs, 300 epochs at 5e-15..9e-12 in nine
-        cfg = C.from_dict({"run": {"seed": 1, "epochs": 300, "dtype": "float64", "eval_every": 0},
+        cfg = config_from_dict({"run": {"seed": 1, "epochs": 300, "dtype": "float64", "eval_every": 0},
                            "data": task, "model": {"name": "logreg", "l2": 1e-2},
                            "algo": {"name": "centralvr", "mode": "async", "lr": 0.3, "metric_every": 0},
                            "comm": {"emulate": {"slow_ranks": [1], "slowdown": 3.0}}})

@@ -32,6 +32,8 @@ import pytest
 from mpi4py import MPI
 
 from mpidsgd import config as C, train
+
+from mpidsgd.catalog import load_config, validate
 from mpidsgd.algorithms import REGISTRY
 from mpidsgd.algorithms.base import Algorithm, StepInfo, register
 from mpidsgd.checkpoint import AgreedError, list_checkpoints, verify
@@ -210,10 +212,10 @@ def sweep_sets(name):
 def world_for(name):
     """The largest of 4, 2, 1 ranks the algorithm accepts with its defaults."""
     items = {**BASE, **sweep_sets(name)}
-    cfg = C.load(None, [f"{k}={v}" for k, v in items.items()], base=train.QUICKSTART)
+    cfg = load_config(None, [f"{k}={v}" for k, v in items.items()], base=train.QUICKSTART)
     for P in (4, 2, 1):
         try:
-            REGISTRY[name].check_world(cfg, P)
+            validate(cfg, P)
             return P
         except C.ConfigError:
             continue

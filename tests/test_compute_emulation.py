@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 
 from mpidsgd import config as C
+
+from mpidsgd.catalog import load_config
 from mpidsgd.algorithms.base import ComputeEmulation
 
 
 def _emu(kind, mean=0.1, rank=3, seed=5, slow=(), slowdown=1.0):
-    cfg = C.load(None, ["run.steps=5", f"comm.emulate.compute='{kind}'",
+    cfg = load_config(None, ["run.steps=5", f"comm.emulate.compute='{kind}'",
                         f"comm.emulate.compute_s={mean}",
                         f"comm.emulate.slow_ranks={list(slow)}",
                         f"comm.emulate.slowdown={slowdown}"]).comm.emulate
@@ -65,9 +67,9 @@ def test_warns_once_when_real_compute_exceeds_a_twentieth():
 
 def test_total_needs_a_positive_mean():
     with pytest.raises(C.ConfigError, match="comm.emulate.compute_s"):
-        C.load(None, ["run.steps=5", "comm.emulate.compute='exponential_total'"])
+        load_config(None, ["run.steps=5", "comm.emulate.compute='exponential_total'"])
     with pytest.raises(C.ConfigError, match="comm.emulate.compute"):
-        C.load(None, ["run.steps=5", "comm.emulate.compute='gamma'"])
+        load_config(None, ["run.steps=5", "comm.emulate.compute='gamma'"])
 
 
 class Clock:
@@ -81,7 +83,7 @@ class Clock:
 def test_chained_gradient_runs_from_when_the_last_was_due():
     # asgd with one rank per group: the cycle push -> reply -> gradient is one
     # draw, so the round trip and a late wake-up are inside the next draw
-    cfg = C.load(None, ["run.steps=5", "comm.emulate.compute='exponential_total'",
+    cfg = load_config(None, ["run.steps=5", "comm.emulate.compute='exponential_total'",
                         "comm.emulate.compute_s=0.1"]).comm.emulate
     slept, clock = [], Clock()
     emu = ComputeEmulation(cfg, 3, 5, sleep=slept.append, warn=lambda _: None, clock=clock)
@@ -113,7 +115,7 @@ def test_only_exponential_total_chains():
 
 
 def test_a_long_stall_carries_at_most_one_mean():
-    cfg = C.load(None, ["run.steps=5", "comm.emulate.compute='exponential_total'",
+    cfg = load_config(None, ["run.steps=5", "comm.emulate.compute='exponential_total'",
                         "comm.emulate.compute_s=0.1"]).comm.emulate
     slept, clock = [], Clock()
     emu = ComputeEmulation(cfg, 3, 0, sleep=slept.append, warn=lambda _: None, clock=clock)

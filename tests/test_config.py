@@ -2,15 +2,17 @@
 import pytest
 
 from mpidsgd import config as C
+
+from mpidsgd.catalog import load_config
 from mpidsgd import config_ref as R
 
 
 def test_defaults_validate_and_roundtrip(tmp_path):
-    cfg = C.load(None, ["run.steps=5"])
+    cfg = load_config(None, ["run.steps=5"])
     text = C.dumps(cfg)
     p = tmp_path / "c.toml"
     p.write_text(text)
-    again = C.load(str(p))
+    again = load_config(str(p))
     assert C.to_dict(again) == C.to_dict(cfg)
 
 
@@ -31,7 +33,7 @@ def test_defaults_validate_and_roundtrip(tmp_path):
 ])
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(C.ConfigError) as exc:
-        C.load(None, ["run.steps=5", override])
+        load_config(None, ["run.steps=5", override])
     assert key in str(exc.value)
 
 
@@ -41,18 +43,18 @@ def test_set_parses_toml_literals_and_bare_words():
 
 
 def test_int_accepted_for_float_but_bool_rejected_for_int():
-    assert C.load(None, ["run.steps=5", "algo.lr=1"]).algo.lr == 1.0
+    assert load_config(None, ["run.steps=5", "algo.lr=1"]).algo.lr == 1.0
     with pytest.raises(C.ConfigError, match="run.steps"):
-        C.load(None, ["run.steps=true"])
+        load_config(None, ["run.steps=true"])
 
 
 def test_missing_and_malformed_config_file(tmp_path):
     with pytest.raises(C.ConfigError, match="does not exist"):
-        C.load(str(tmp_path / "none.toml"))
+        load_config(str(tmp_path / "none.toml"))
     bad = tmp_path / "bad.toml"
     bad.write_text("[run\nsteps=")
     with pytest.raises(C.ConfigError, match="not valid TOML"):
-        C.load(str(bad))
+        load_config(str(bad))
 
 
 def test_reference_lists_every_key():
@@ -86,7 +88,7 @@ def test_non_finite_floats_are_refused_by_name(override):
     key = override.split("=")[0]
     sets = ["run.steps=5", override] + (["algo.name=spardl"] if "density" in key else [])
     with pytest.raises(C.ConfigError) as exc:
-        C.load(None, sets)
+        load_config(None, sets)
     msg = str(exc.value)
     assert msg.startswith(f"{key} must be a finite number"), msg
     assert ">=" not in msg and "(" not in msg                # no range claim about a NaN
@@ -94,7 +96,7 @@ def test_non_finite_floats_are_refused_by_name(override):
 
 def test_no_step_budget_names_both_keys_once():
     with pytest.raises(C.ConfigError) as exc:
-        C.load(None, ["run.epochs=0"])
+        load_config(None, ["run.epochs=0"])
     msg = str(exc.value)
     assert msg.startswith("run.steps and run.epochs are both 0: set run.steps")
     assert msg.count("run.steps") == 2 and msg.count("run.epochs") == 2
@@ -102,7 +104,7 @@ def test_no_step_budget_names_both_keys_once():
 
 def test_long_values_are_quoted_at_most_80_characters():
     with pytest.raises(C.ConfigError) as exc:
-        C.load(None, ["run.steps=5", "run.dtype=" + "[" + ",".join(["1"] * 400) + "]"])
+        load_config(None, ["run.steps=5", "run.dtype=" + "[" + ",".join(["1"] * 400) + "]"])
     assert "run.dtype must be a string" in str(exc.value) and len(str(exc.value)) < 130
 
 
@@ -135,11 +137,11 @@ def test_vr_family_drops_only_the_quickstart_momentum(tmp_path, algo):
 
 
 def test_label_column_is_an_index_or_a_name():
-    assert C.load(None, ["run.steps=5", "data.label_column=target"]).data.label_column == "target"
-    assert C.load(None, ["run.steps=5", "data.label_column=0"]).data.label_column == 0
+    assert load_config(None, ["run.steps=5", "data.label_column=target"]).data.label_column == "target"
+    assert load_config(None, ["run.steps=5", "data.label_column=0"]).data.label_column == 0
     for bad in ("true", "1.5", "''"):
         with pytest.raises(C.ConfigError, match="data.label_column"):
-            C.load(None, ["run.steps=5", f"data.label_column={bad}"])
+            load_config(None, ["run.steps=5", f"data.label_column={bad}"])
 
 
 def test_config_check_flags_a_stale_page(tmp_path):
@@ -153,8 +155,8 @@ def test_config_check_flags_a_stale_page(tmp_path):
 
 
 def test_model_loss_mse_is_an_mlp_or_torch_option():
-    assert C.load(None, ["run.steps=5", "model.loss=mse"]).model.loss == "mse"
+    assert load_config(None, ["run.steps=5", "model.loss=mse"]).model.loss == "mse"
     with pytest.raises(C.ConfigError, match="model.loss = mse needs model.name = mlp or torch"):
-        C.load(None, ["run.steps=5", "model.loss=mse", "model.name=softmax"])
+        load_config(None, ["run.steps=5", "model.loss=mse", "model.name=softmax"])
     with pytest.raises(C.ConfigError, match="model.loss must be cross_entropy or mse"):
-        C.load(None, ["run.steps=5", "model.loss=hinge"])
+        load_config(None, ["run.steps=5", "model.loss=hinge"])

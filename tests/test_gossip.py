@@ -5,6 +5,8 @@ import pytest
 from mpi4py import MPI
 
 from mpidsgd import config as C
+
+from mpidsgd.catalog import config_from_dict
 from mpidsgd.algorithms import REGISTRY
 from mpidsgd.algorithms.gosgd import local_draw, push_schedule
 from mpidsgd.backend import Backend
@@ -15,7 +17,7 @@ from mpidsgd.topology import Topology
 
 
 def cfg_with(**algo):
-    return C.from_dict({"run": {"steps": 5}, "algo": {"name": "gosgd", **algo}})
+    return config_from_dict({"run": {"steps": 5}, "algo": {"name": "gosgd", **algo}})
 
 
 @pytest.mark.parametrize("key,value,needle", [
@@ -41,7 +43,7 @@ def test_defaults_and_resolved_config_round_trip():
     cfg = cfg_with()
     o = cfg.algo.options
     assert (o.p, o.max_outstanding, o.deterministic, o.budget) == (0.25, 2, False, "rank")
-    again = C.from_dict(C.to_dict(cfg))
+    again = config_from_dict(C.to_dict(cfg))
     assert again.algo.options == o
 
 
@@ -71,7 +73,7 @@ def test_header_fits_alpha_and_step_in_the_payload_dtype():
 
 @pytest.mark.parametrize("det", [False, True])
 def test_single_rank_trains_locally_and_consensus_is_its_params(det):
-    cfg = C.from_dict({"run": {"steps": 7, "dtype": "float64"},
+    cfg = config_from_dict({"run": {"steps": 7, "dtype": "float64"},
                        "algo": {"name": "gosgd", "lr": 0.1, "deterministic": det}})
     topo = Topology(MPI.COMM_SELF)
     backend = Backend("cpu")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpidsgd import config as C
+from mpidsgd.catalog import config_from_dict
 from mpidsgd.algorithms import REGISTRY
 from mpidsgd.algorithms import gosgd
 from mpidsgd.algorithms.gosgd import push_schedule
@@ -49,7 +49,7 @@ def make(sub, *, steps=10, seed=0, dtype="float64", **algo):
     """A gosgd instance on `sub`, rank-specific start x_i (float64 unless asked)."""
     table = {"run": {"steps": steps, "seed": seed, "dtype": dtype},
              "algo": {"name": "gosgd", "lr": 0.0, **algo}}
-    cfg = C.from_dict(table)
+    cfg = config_from_dict(table)
     topo = SimpleNamespace(rank=sub.rank, size=sub.size, world=sub)   # cheap per run
     backend = Backend("cpu")
     ch = Channel(sub, backend=backend)

@@ -8,6 +8,8 @@ import pytest
 from mpi4py import MPI
 
 from mpidsgd import config as C
+
+from mpidsgd.catalog import load_config
 from mpidsgd.algorithms import REGISTRY
 from mpidsgd.algorithms.local import BLOCK, MixingDraws, mixing_draw
 from local_sgd_ref import build, close, make_cfg, problem, run_steps, shards, simulate
@@ -16,7 +18,7 @@ FAMILY = ("localsgd", "diloco", "palsgd")
 
 
 def load(*sets, name="palsgd"):
-    return C.load(None, [f'algo.name="{name}"', *sets], base={"run": {"steps": 10}})
+    return load_config(None, [f'algo.name="{name}"', *sets], base={"run": {"steps": 10}})
 
 
 def test_presets_are_registered_synchronous_and_documented():

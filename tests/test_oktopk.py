@@ -6,6 +6,8 @@ import pytest
 from mpi4py import MPI
 
 from mpidsgd import config as C
+
+from mpidsgd.catalog import load_config
 from mpidsgd.comm import costmodel as cm
 from mpidsgd.comm.channel import Channel
 from mpidsgd.comm.oktopk import OkTopk, check_oktopk
@@ -46,7 +48,7 @@ def test_bad_options_name_the_key(args, key):
     sets = [f"algo.name='oktopk'", f"algo.density={args[0]}", f"algo.threshold_every={args[1]}",
             f"algo.region_every={args[2]}", f"algo.throttle={args[3]}", "run.steps=1"]
     with pytest.raises(C.ConfigError, match=f"algo.{key}"):
-        C.load(None, sets)
+        load_config(None, sets)
     with pytest.raises(ValueError):
         OkTopk(10, np.float32, *args[:1], channel=Channel(MPI.COMM_SELF),
                threshold_every=args[1], region_every=args[2], throttle=args[3])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpidsgd import config as C
+from mpidsgd.catalog import config_from_dict
 from mpidsgd.comm import costmodel
 from mpidsgd.evaluate import evaluate
 from mpidsgd.topology import Topology
@@ -62,7 +62,7 @@ def test_sgd_identical_params_union_batch_update_and_booking_P_1_to_5():
     for P, comm in sub_comms(range(1, 6)):
         if comm == MPI.COMM_NULL:
             continue
-        cfg = C.from_dict(SMALL)
+        cfg = config_from_dict(SMALL)
         topo = Topology(comm)
         ctx = build(cfg, topo)
         algo, channel, model = ctx["algo"], ctx["channel"], ctx["model"]
@@ -116,7 +116,7 @@ def test_full_run_writes_summary_with_train_and_eval_phases(tmp_path_factory):
     out = comm.bcast(str(tmp_path_factory.mktemp("run")) if comm.rank == 0 else None)
     tables = {**SMALL, "run": {**SMALL["run"], "out_dir": out, "eval_every": 4,
                                "progress": False}}
-    cfg = C.from_dict(tables)
+    cfg = config_from_dict(tables)
     topo = Topology(comm)
     ctx = build(cfg, topo)
     run(cfg, ctx, topo, SimpleNamespace(resume=None))

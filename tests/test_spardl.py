@@ -6,6 +6,8 @@ import pytest
 from mpi4py import MPI
 
 from mpidsgd import config as C
+
+from mpidsgd.catalog import load_config
 from mpidsgd.comm import costmodel as cm
 from mpidsgd.comm.channel import Channel
 from mpidsgd.comm.spar_allgather import coalesce, next_h, pad_selection
@@ -121,7 +123,7 @@ def test_bad_arguments():
 # ---------------------------------------------------------------- the algorithm
 
 def load(*sets):
-    return C.load(None, ["algo.name='spardl'", "run.steps=2", *sets])
+    return load_config(None, ["algo.name='spardl'", "run.steps=2", *sets])
 
 
 @pytest.mark.parametrize("sets, key", [
@@ -139,19 +141,19 @@ def test_config_errors_name_the_key(sets, key):
 
 
 def test_world_size_check_names_teams():
-    from mpidsgd.algorithms import REGISTRY
+    from mpidsgd.catalog import validate
     cfg = load("algo.teams=3")
     with pytest.raises(C.ConfigError, match=r"algo\.teams"):
-        REGISTRY["spardl"].check_world(cfg, 8)
-    REGISTRY["spardl"].check_world(cfg, 12)
+        validate(cfg, 8)
+    validate(cfg, 12)
     cfg = load("algo.teams=4", "algo.sag='recursive'")
-    REGISTRY["spardl"].check_world(cfg, 8)
+    validate(cfg, 8)
 
 
 def build(algo, steps, *sets):
     from mpidsgd.topology import Topology
     from mpidsgd.train import build as build_run
-    cfg = C.load(None, [f"algo.name='{algo}'", f"run.steps={steps}", "data.n_samples=512",
+    cfg = load_config(None, [f"algo.name='{algo}'", f"run.steps={steps}", "data.n_samples=512",
                         "data.n_test=64", "data.n_features=8", "data.n_classes=3",
                         "data.batch_size=16", "model.hidden=[12]", "algo.lr=0.1",
                         "algo.momentum=0.9", "algo.nesterov=true", "algo.weight_decay=1e-3",

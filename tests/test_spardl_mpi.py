@@ -169,10 +169,10 @@ def test_spardl_P11_and_twelve_ranks_in_teams():
 # ---------------------------------------------------------------- the algorithm
 
 def build(sub, algo, steps, *sets):
-    from mpidsgd import config as C
+    from mpidsgd.catalog import load_config
     from mpidsgd.topology import Topology
     from mpidsgd.train import build as build_run
-    cfg = C.load(None, [f"algo.name='{algo}'", f"run.steps={steps}", "data.n_samples=1024",
+    cfg = load_config(None, [f"algo.name='{algo}'", f"run.steps={steps}", "data.n_samples=1024",
                         "data.n_test=64", "data.n_features=8", "data.n_classes=3",
                         "data.batch_size=16", "model.hidden=[16]", "algo.lr=0.1",
                         "algo.momentum=0.9", "algo.weight_decay=1e-3", "run.dtype='float64'",

@@ -5,7 +5,8 @@ import pytest
 from mpi4py import MPI
 
 from mpidsgd import config as C
-from mpidsgd.algorithms.base import REGISTRY
+
+from mpidsgd.catalog import load_config, validate
 from mpidsgd.comm import costmodel as cm
 from mpidsgd.comm.channel import Channel
 from mpidsgd.comm.gtopk import gtopk, merge_topk
@@ -89,26 +90,29 @@ def test_k_out_of_range_is_an_error(fn):
 
 @pytest.mark.parametrize("name", ["topka", "gtopk"])
 def test_options_and_errors_name_the_key(name):
-    cfg = C.load(None, [f"algo.name='{name}'", "run.steps=1", "algo.density=0.05",
+    cfg = load_config(None, [f"algo.name='{name}'", "run.steps=1", "algo.density=0.05",
                         "algo.warmup_dense_steps=3"])
     assert cfg.algo.options.density == 0.05 and cfg.algo.options.warmup_dense_steps == 3
-    assert C.load(None, [f"algo.name='{name}'", "run.steps=1"]).algo.options.density == 0.01
+    assert load_config(None, [f"algo.name='{name}'", "run.steps=1"]).algo.options.density == 0.01
     with pytest.raises(C.ConfigError, match="algo.density"):
-        C.load(None, [f"algo.name='{name}'", "run.steps=1", "algo.density=0"])
+        load_config(None, [f"algo.name='{name}'", "run.steps=1", "algo.density=0"])
     with pytest.raises(C.ConfigError, match="algo.warmup_dense_steps"):
-        C.load(None, [f"algo.name='{name}'", "run.steps=1", "algo.warmup_dense_steps=-1"])
+        load_config(None, [f"algo.name='{name}'", "run.steps=1", "algo.warmup_dense_steps=-1"])
     with pytest.raises(C.ConfigError, match="algo.teams"):
-        C.load(None, [f"algo.name='{name}'", "run.steps=1", "algo.teams=2"])
+        load_config(None, [f"algo.name='{name}'", "run.steps=1", "algo.teams=2"])
 
 
 def test_gtopk_needs_a_power_of_two_world():
-    cfg = C.load(None, ["algo.name='gtopk'", "run.steps=1"])
+    cfg = load_config(None, ["algo.name='gtopk'", "run.steps=1"])
     for p in (1, 2, 4, 8, 64):
-        REGISTRY["gtopk"].check_world(cfg, p)
+        validate(cfg, p)
     for p in (3, 6, 12):
         with pytest.raises(C.ConfigError, match="algo.name: gtopk needs a power-of-two"):
-            REGISTRY["gtopk"].check_world(cfg, p)
-    REGISTRY["topka"].check_world(cfg, 3)
+            validate(cfg, p)
+        # the same rule at load time, as train.setup runs it
+        with pytest.raises(C.ConfigError, match="algo.name: gtopk needs a power-of-two"):
+            load_config(None, ["algo.name='gtopk'", "run.steps=1"], world_size=p)
+    validate(load_config(None, ["algo.name='topka'", "run.steps=1"]), 3)
 
 
 def test_bench_collectives_counts_equal_the_cost_model(tmp_path):

@@ -178,14 +178,14 @@ def check_gtopk_restores_own_selection_merged_away():
 # ---------------------------------------------------------------- training algorithms
 
 def build(sub, algo, steps, extra=(), hidden=(16,)):
-    from mpidsgd import config as C
+    from mpidsgd.catalog import load_config
     from mpidsgd.topology import Topology
     from mpidsgd.train import build as build_run
     sets = [f"algo.name='{algo}'", f"run.steps={steps}", "data.n_samples=1024",
             "data.n_test=64", "data.n_features=8", "data.n_classes=3", "data.batch_size=16",
             f"model.hidden={list(hidden)}", "algo.lr=0.1", "algo.momentum=0.9",
             "algo.weight_decay=1e-3", "run.dtype='float64'"] + list(extra)
-    cfg = C.load(None, sets)
+    cfg = load_config(None, sets)
     return build_run(cfg, Topology(sub))
 
 

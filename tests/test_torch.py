@@ -21,7 +21,7 @@ if os.environ.get("MPIDSGD_REQUIRE_TORCH"):
 else:
     torch = pytest.importorskip("torch")
 
-from mpidsgd import config as C  # noqa: E402
+from mpidsgd.catalog import load_config, config_from_dict  # noqa: E402
 from mpidsgd.topology import Topology  # noqa: E402
 from mpidsgd.train import build  # noqa: E402
 
@@ -40,7 +40,7 @@ def job(model, algo, **extra):
     }
     for sec, kv in extra.items():
         tables[sec].update(kv)
-    return C.from_dict(tables)
+    return config_from_dict(tables)
 
 
 def torch_model(factory):
@@ -99,7 +99,7 @@ def test_the_example_job_trains_its_cnn(tmp_path):
     from mpidsgd.benchmarks.torch_ddp import write_images
     root = os.path.dirname(HERE)
     write_images(str(tmp_path / "img"), n_train=256, n_test=64)
-    cfg = C.load(os.path.join(root, "jobs", "torch_cnn.toml"), [
+    cfg = load_config(os.path.join(root, "jobs", "torch_cnn.toml"), [
         f'data.path="{tmp_path}/img-train.npz"', f'data.test_path="{tmp_path}/img-test.npz"',
         f'model.path="{root}/examples"', "run.steps=4", f'run.out_dir="{tmp_path}/out"'])
     ctx = build(cfg, Topology())
@@ -116,7 +116,7 @@ def test_the_core_never_imports_torch_for_builtin_models():
     import sys
     code = ("import sys\nfrom mpidsgd import bench, config as C\nfrom mpidsgd.train import build\n"
             "from mpidsgd.topology import Topology\n"
-            "ctx = build(C.from_dict({'run': {'steps': 2}, 'data': {'n_samples': 256, 'n_test': 32}}),"
+            "ctx = build(config_from_dict({'run': {'steps': 2}, 'data': {'n_samples': 256, 'n_test': 32}}),"
             " Topology())\nctx['algo'].step(ctx['data'].train)\n"
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

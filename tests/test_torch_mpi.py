@@ -28,7 +28,9 @@ if os.environ.get("MPIDSGD_REQUIRE_TORCH"):
 else:
     torch = pytest.importorskip("torch")
 
-from mpidsgd import config as C, train  # noqa: E402
+from mpidsgd import train  # noqa: E402
+
+from mpidsgd.catalog import config_from_dict  # noqa: E402
 from mpidsgd.algorithms import REGISTRY  # noqa: E402
 from mpidsgd.algorithms.vrbase import VRBase  # noqa: E402
 from mpidsgd.topology import Topology  # noqa: E402
@@ -39,7 +41,7 @@ COMM = MPI.COMM_WORLD
 
 
 def job(model, algo, steps=50):
-    return C.from_dict({
+    return config_from_dict({
         "run": {"seed": 3, "steps": steps, "dtype": "float64", "eval_every": 0},
         "data": {"name": "synthetic", "n_samples": 600, "n_test": 64, "n_features": 12,
                  "n_classes": 4, "batch_size": 7},

@@ -37,7 +37,7 @@ from ..comm.param_server import Message
 from ..config import ConfigError, doc
 from ..optim import schedule_from
 from .base import StepInfo, register
-from .psbase import ServerAlgorithm
+from .psbase import ServerAlgorithm, check_server_world
 
 AUTO_CLIP = 0.9
 
@@ -48,6 +48,21 @@ class ASGDOptions:
                          "must divide P - 1")
     momentum_target: float = doc(0.9, "asgd, algo.momentum = \"auto\": total momentum aimed at; "
                                       "explicit = target - measured implicit")
+
+    def validate(self, cfg, world_size=None):
+        a = cfg.algo
+        if self.groups < 0:
+            raise ConfigError(f"algo.groups must be >= 0, got {self.groups}")
+        if not -1 < self.momentum_target < 1:
+            raise ConfigError(f"algo.momentum_target must be in (-1, 1), got {self.momentum_target}")
+        if a.optimizer != "sgd":
+            raise ConfigError(f"algo.optimizer: asgd applies v = momentum v - lr g at the server; "
+                              f"use sgd, not {a.optimizer!r}")
+        if a.nesterov:
+            raise ConfigError("algo.nesterov: asgd applies heavy-ball momentum at the server; "
+                              "set it false")
+        if world_size is not None:
+            check_server_world("asgd", world_size, self.groups)
 
 
 def auto_momentum(target: float, p_tau0) -> float:
@@ -61,20 +76,6 @@ class ASGD(ServerAlgorithm):
     name = "asgd"
     Options = ASGDOptions
     auto_momentum = True
-
-    @classmethod
-    def check_config(cls, cfg):
-        o, a = cfg.algo.options, cfg.algo
-        if o.groups < 0:
-            raise ConfigError(f"algo.groups must be >= 0, got {o.groups}")
-        if not -1 < o.momentum_target < 1:
-            raise ConfigError(f"algo.momentum_target must be in (-1, 1), got {o.momentum_target}")
-        if a.optimizer != "sgd":
-            raise ConfigError(f"algo.optimizer: asgd applies v = momentum v - lr g at the server; "
-                              f"use sgd, not {a.optimizer!r}")
-        if a.nesterov:
-            raise ConfigError("algo.nesterov: asgd applies heavy-ball momentum at the server; "
-                              "set it false")
 
     @classmethod
     def groups_of(cls, cfg, workers: int) -> int:

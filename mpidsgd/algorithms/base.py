@@ -136,13 +136,19 @@ def _warn_stderr(text):
 
 
 class Algorithm:
-    """Base class. Subclasses set `name`, optionally `Options` (a dataclass of
-    algorithm-specific config keys under [algo]) and `synchronous`."""
+    """Base class. Subclasses set `name`, optionally `Options` and `synchronous`.
+
+    `Options` is a dataclass of the algorithm's own keys under [algo] (a
+    `doc(default, meaning)` per field) with one hook, `validate(cfg,
+    world_size)`: it raises config.ConfigError naming the key for anything
+    this algorithm cannot run (world_size None: rules that need it are
+    skipped). It is called once on every rank before anything is built
+    (catalog.validate from train.setup), so constructors check nothing.
+    """
 
     name = ""
     Options = None
     synchronous = True        # every rank runs the same steps and collectives
-    defaults: dict = {}       # overrides of common [algo] defaults for this algorithm
 
     def __init__(self, cfg, topo, backend, model, params, channel):
         self.cfg, self.topo, self.backend = cfg, topo, backend
@@ -162,13 +168,6 @@ class Algorithm:
         """How many leading ranks hold no training data (a parameter server);
         the others split the training set among themselves."""
         return 0
-
-    @classmethod
-    def check_world(cls, cfg, size: int):
-        """Raise config.ConfigError("algo.key: ...") if this configuration
-        cannot run on `size` ranks (e.g. a power of two is required). Called
-        by train.setup on every rank before anything is built, so the
-        decision and the exit code 2 are the same everywhere."""
 
     # -- the interface -------------------------------------------------------------
     def plan(self, shard):

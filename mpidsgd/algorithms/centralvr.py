@@ -21,6 +21,8 @@ it has one from every worker.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..comm.report_server import client_exchange, client_quiesce, server_receive, server_reply
@@ -28,11 +30,15 @@ from .base import register
 from .vrbase import VRBase, VROptions
 
 
+@dataclass
+class CentralVROptions(VROptions):
+    modes = ("single", "sync", "async")
+
+
 @register
 class CentralVR(VRBase):
     name = "centralvr"
-    Options = VROptions
-    modes = ("single", "sync", "async")
+    Options = CentralVROptions
 
     def __init__(self, *args):
         super().__init__(*args)

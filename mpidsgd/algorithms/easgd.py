@@ -25,7 +25,7 @@ import numpy as np
 from ..comm.param_server import Message
 from ..config import ConfigError, doc
 from .base import StepInfo, register
-from .psbase import ServerAlgorithm
+from .psbase import ServerAlgorithm, check_server_world
 
 
 @dataclass
@@ -33,19 +33,19 @@ class EASGDOptions:
     H: int = doc(8, "local steps between two averagings (sync interval)")
     elastic_beta: float = doc(0.9, "easgd: elastic moving rate beta; alpha = beta / worker ranks")
 
+    def validate(self, cfg, world_size=None):
+        if self.H < 1:
+            raise ConfigError(f"algo.H must be >= 1, got {self.H}")
+        if not 0 < self.elastic_beta <= 1:
+            raise ConfigError(f"algo.elastic_beta must be in (0, 1], got {self.elastic_beta}")
+        if world_size is not None:
+            check_server_world("easgd", world_size)
+
 
 @register
 class EASGD(ServerAlgorithm):
     name = "easgd"
     Options = EASGDOptions
-
-    @classmethod
-    def check_config(cls, cfg):
-        o = cfg.algo.options
-        if o.H < 1:
-            raise ConfigError(f"algo.H must be >= 1, got {o.H}")
-        if not 0 < o.elastic_beta <= 1:
-            raise ConfigError(f"algo.elastic_beta must be in (0, 1], got {o.elastic_beta}")
 
     def __init__(self, *args):
         super().__init__(*args)

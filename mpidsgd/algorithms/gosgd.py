@@ -67,25 +67,23 @@ class GossipOptions:
                               "together run P times that, so fast ranks take more steps than "
                               "stragglers (progress is learnt from the pushes)")
 
+    def validate(self, cfg, world_size=None):
+        if not 0.0 <= self.p <= 1.0:
+            raise ConfigError(f"algo.p must be in [0, 1], got {self.p}")
+        if not 1 <= self.max_outstanding <= 64:
+            raise ConfigError(f"algo.max_outstanding must be in 1..64, got {self.max_outstanding}")
+        if self.budget not in ("rank", "shared"):
+            raise ConfigError(f"algo.budget must be rank or shared, got {self.budget!r}")
+        if self.budget == "shared" and self.deterministic:
+            raise ConfigError("algo.budget = 'shared' needs free-running ranks "
+                              "(algo.deterministic = false): lock step has one budget")
+
 
 @register
 class GoSGD(Algorithm):
     name = "gosgd"
     Options = GossipOptions
     synchronous = False
-
-    @classmethod
-    def check_config(cls, cfg):
-        o = cfg.algo.options
-        if not 0.0 <= o.p <= 1.0:
-            raise ConfigError(f"algo.p must be in [0, 1], got {o.p}")
-        if not 1 <= o.max_outstanding <= 64:
-            raise ConfigError(f"algo.max_outstanding must be in 1..64, got {o.max_outstanding}")
-        if o.budget not in ("rank", "shared"):
-            raise ConfigError(f"algo.budget must be rank or shared, got {o.budget!r}")
-        if o.budget == "shared" and o.deterministic:
-            raise ConfigError("algo.budget = 'shared' needs free-running ranks "
-                              "(algo.deterministic = false): lock step has one budget")
 
     def __init__(self, *args):
         super().__init__(*args)

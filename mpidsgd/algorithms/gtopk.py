@@ -7,20 +7,26 @@ size must be a power of two.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..comm.gtopk import gtopk, is_power_of_two
 from ..config import ConfigError
 from .base import register
-from .topka import TopkA
+from .topka import SparseOptions, TopkA
+
+
+@dataclass
+class GTopkOptions(SparseOptions):
+    def validate(self, cfg, world_size=None):
+        super().validate(cfg, world_size)
+        if world_size is not None and not is_power_of_two(world_size):
+            raise ConfigError(f"algo.name: gtopk needs a power-of-two number of ranks, got {world_size}")
 
 
 @register
 class GTopk(TopkA):
     name = "gtopk"
-
-    @classmethod
-    def check_world(cls, cfg, size):
-        if not is_power_of_two(size):
-            raise ConfigError(f"algo.name: gtopk needs a power-of-two number of ranks, got {size}")
+    Options = GTopkOptions
 
     def sparse_allreduce(self, grad):
         gtopk(grad, self.residual, self.k, channel=self.channel, out=grad)

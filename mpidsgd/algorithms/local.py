@@ -85,7 +85,7 @@ class LocalSGDOptions:
     warmup_steps: int = doc(0, "synchronous data-parallel steps before local steps start (T0)")
     overlap: bool = doc(False, "start the averaging allreduce non-blocking and apply it one local step later")
 
-    def validate(self, cfg):
+    def validate(self, cfg, world_size=None):
         if self.H < 1:
             raise ConfigError(f"algo.H must be >= 1, got {self.H}")
         if self.warmup_steps < 0:
@@ -99,8 +99,8 @@ class DiLoCoOptions(LocalSGDOptions):
     outer_momentum: float = doc(0.9, "outer Nesterov momentum μ (0 = plain outer SGD)")
     outer_schedule: str = doc("constant", "outer lr schedule over the run: constant | cosine (γ decays to 0 at the last step)")
 
-    def validate(self, cfg):
-        super().validate(cfg)
+    def validate(self, cfg, world_size=None):
+        super().validate(cfg, world_size)
         if not self.outer_lr > 0:
             raise ConfigError(f"algo.outer_lr must be > 0, got {self.outer_lr}")
         if not 0 <= self.outer_momentum < 1:
@@ -116,8 +116,8 @@ class PALSGDOptions(DiLoCoOptions):
     mix_rate: float = doc(1.0, "mixing rate η: a mixing step moves x_k by α_t·η/p of the way to x̄")
     same_draws: bool = doc(False, "draw the mixing decisions identically on all ranks (the reference code)")
 
-    def validate(self, cfg):
-        super().validate(cfg)
+    def validate(self, cfg, world_size=None):
+        super().validate(cfg, world_size)
         if not 0 <= self.p < 1:
             raise ConfigError(f"algo.p must be in [0, 1), got {self.p}")
         if self.mix_rate < 0:

@@ -23,12 +23,12 @@ class OkTopkOptions(SparseOptions):
     region_every: int = doc(64, "Ok-Topk: steps between region-boundary rebalances (one allreduce)")
     throttle: int = doc(4, "Ok-Topk: most split-and-reduce partners in flight at once")
 
-    def validate(self, cfg):
+    def validate(self, cfg, world_size=None):
         problem = check_oktopk(self.density, self.threshold_every, self.region_every,
                                self.throttle)
         if problem:
             raise ConfigError(f"algo.{problem}")
-        super().validate(cfg)
+        super().validate(cfg, world_size)
 
 
 @register

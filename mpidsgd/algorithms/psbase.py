@@ -67,6 +67,20 @@ class Staleness:
                 "implicit_momentum": None if p0 is None else 1.0 - p0}
 
 
+def check_server_world(name: str, size: int, groups: int = 0):
+    """World rules of a parameter-server algorithm (its Options.validate):
+    rank 0 serves, so at least 2 ranks; `groups` (0 = one per worker rank)
+    must divide the P - 1 worker ranks."""
+    if size < 2:
+        raise ConfigError(f"algo.name = {name!r} needs at least 2 ranks (rank 0 is the "
+                          f"parameter server), this run has {size}")
+    W = size - 1
+    G = groups or W
+    if G < 1 or W % G:
+        raise ConfigError(f"algo.groups = {G} must divide the {W} worker ranks "
+                          f"(world size {size} minus the server)")
+
+
 class ServerAlgorithm(Algorithm):
     """Base of asgd and easgd; subclasses give serve_push/serve_read (server)
     and work (every worker rank: one step of the group)."""
@@ -81,20 +95,8 @@ class ServerAlgorithm(Algorithm):
     def groups_of(cls, cfg, workers: int) -> int:
         return workers
 
-    @classmethod
-    def check_world(cls, cfg, size: int):
-        if size < 2:
-            raise ConfigError(f"algo.name = {cls.name!r} needs at least 2 ranks (rank 0 is the "
-                              f"parameter server), this run has {size}")
-        W = size - 1
-        G = cls.groups_of(cfg, W)
-        if G < 1 or W % G:
-            raise ConfigError(f"algo.groups = {G} must divide the {W} worker ranks "
-                              f"(world size {size} minus the server)")
-
     def __init__(self, *args):
         super().__init__(*args)
-        type(self).check_world(self.cfg, self.size)
         self.is_server = self.rank == 0
         self.W = self.size - 1
         self.G = type(self).groups_of(self.cfg, self.W)

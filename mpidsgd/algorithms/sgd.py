@@ -25,7 +25,7 @@ class SGDOptions:
     metric_every: int = doc(0, "exact relative full-gradient norm over all shards every this many "
                                "epochs and at the end, as the VR methods record it (0 = off)")
 
-    def validate(self, cfg):
+    def validate(self, cfg, world_size=None):
         if self.metric_every < 0:
             raise ConfigError(f"algo.metric_every must be >= 0, got {self.metric_every}")
 

@@ -28,28 +28,24 @@ class SparDLOptions(SparseOptions):
     teams: int = doc(1, "SparDL teams d (divides the world size); d > 1 adds a Spar-All-Gather")
     sag: str = doc("bruck", "Spar-All-Gather across teams: bruck (B-SAG, any d) or recursive (R-SAG, d a power of two)")
 
-    def validate(self, cfg):
-        super().validate(cfg)
+    def validate(self, cfg, world_size=None):
+        super().validate(cfg, world_size)
         if self.teams < 1:
             raise ConfigError(f"algo.teams must be >= 1, got {self.teams}")
         if self.sag not in ("bruck", "recursive"):
             raise ConfigError(f"algo.sag must be bruck or recursive, got {self.sag!r}")
         if self.sag == "recursive" and self.teams & (self.teams - 1):
             raise ConfigError(f"algo.sag = 'recursive' needs algo.teams a power of two, got {self.teams}")
+        # algo.teams must divide the number of ranks
+        problem = check_spardl(world_size, self.density, self.teams, self.sag) if world_size else None
+        if problem:
+            raise ConfigError(f"algo.{problem}")
 
 
 @register
 class SparDLSGD(TopkA):
     name = "spardl"
     Options = SparDLOptions
-
-    @classmethod
-    def check_world(cls, cfg, size):
-        """algo.teams must divide the number of ranks."""
-        o = cfg.algo.options
-        problem = check_spardl(size, o.density, o.teams, o.sag)
-        if problem:
-            raise ConfigError(f"algo.{problem}")
 
     def init_sparse(self):
         o = self.opts

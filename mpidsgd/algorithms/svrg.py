@@ -31,7 +31,8 @@ class SVRGOptions(VROptions):
                                 "at each step, 2 per step, as in Johnson & Zhang) | auto (stored for "
                                 "per-sample tables)")
 
-    def validate(self, cfg):
+    def validate(self, cfg, world_size=None):
+        super().validate(cfg, world_size)
         if self.snapshot not in ("auto", "stored", "recompute"):
             raise ConfigError(f"algo.snapshot must be auto, stored or recompute, got {self.snapshot!r}")
         if self.snapshot == "stored" and table_kind(cfg) != "samples":

@@ -31,7 +31,7 @@ class SparseOptions:
     density: float = doc(0.01, "share of the gradient each rank selects: k = max(1, floor(n*density))")
     warmup_dense_steps: int = doc(0, "dense allreduce steps before switching to sparse")
 
-    def validate(self, cfg):
+    def validate(self, cfg, world_size=None):
         if not 0 < self.density <= 1:
             raise ConfigError(f"algo.density must be in (0, 1], got {self.density}")
         if self.warmup_dense_steps < 0:
@@ -45,7 +45,6 @@ class TopkA(Algorithm):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.check_world(self.cfg, self.size)
         self.opt = self.make_optimizer()
         self.init_sparse()
 

@@ -34,39 +34,40 @@ class VROptions:
                                        "replacement (saga only, as in the SAGA paper)")
     metric_every: int = doc(1, "exact relative full-gradient norm every this many epochs (0 = only at the end)")
 
+    modes = ("single", "sync")      # algo.mode values this algorithm runs (not a key)
+
+    def validate(self, cfg, world_size=None):
+        """The family's rules, decided alike on every rank."""
+        name = cfg.algo.name
+        if cfg.model.name == "torch":
+            raise ConfigError(f"algo.name = {name!r} needs per-sample derivatives, which a torch "
+                              f"model (model.name = 'torch') does not provide; use a non-VR algorithm")
+        if self.mode not in self.modes:
+            raise ConfigError(f"algo.mode must be one of {' | '.join(self.modes)} for {name}, got {self.mode!r}")
+        if self.table not in ("auto", "samples", "blocks"):
+            raise ConfigError(f"algo.table must be auto, samples or blocks, got {self.table!r}")
+        if self.table == "samples" and cfg.model.name not in LINEAR:
+            raise ConfigError(f"algo.table = samples needs a linear model ({', '.join(LINEAR)}); "
+                              f"model.name is {cfg.model.name!r}: use blocks")
+        if self.sampling not in ("permutation", "replacement"):
+            raise ConfigError(f"algo.sampling must be permutation or replacement, got {self.sampling!r}")
+        if self.sampling == "replacement" and name != "saga":
+            raise ConfigError(f"algo.sampling = replacement is a saga option, not {name}'s")
+        if self.metric_every < 0:
+            raise ConfigError("algo.metric_every must be >= 0")
+        if cfg.algo.momentum != 0 or cfg.algo.optimizer != "sgd" or cfg.algo.weight_decay != 0:
+            raise ConfigError(f"algo.momentum: {name} applies its own update; momentum and "
+                              "weight_decay must be 0 and optimizer sgd (use model.l2)")
+        if world_size is not None:
+            if self.mode == "single" and world_size != 1:
+                raise ConfigError(f"algo.mode = single runs on 1 rank, not {world_size}; use sync")
+            if self.mode == "async" and world_size < 2:
+                raise ConfigError("algo.mode = async needs at least 2 ranks (rank 0 is the server)")
+
 
 def table_kind(cfg):
     kind = cfg.algo.options.table
     return ("samples" if cfg.model.name in LINEAR else "blocks") if kind == "auto" else kind
-
-
-def check_vr_config(cls, cfg, world_size):
-    """ConfigErrors naming the key, decided alike on every rank."""
-    o = cfg.algo.options
-    if cfg.model.name == "torch":
-        raise ConfigError(f"algo.name = {cls.name!r} needs per-sample derivatives, which a torch "
-                          f"model (model.name = 'torch') does not provide; use a non-VR algorithm")
-    if o.mode not in cls.modes:
-        raise ConfigError(f"algo.mode must be one of {' | '.join(cls.modes)} for {cls.name}, got {o.mode!r}")
-    if o.table not in ("auto", "samples", "blocks"):
-        raise ConfigError(f"algo.table must be auto, samples or blocks, got {o.table!r}")
-    if o.table == "samples" and cfg.model.name not in LINEAR:
-        raise ConfigError(f"algo.table = samples needs a linear model ({', '.join(LINEAR)}); "
-                          f"model.name is {cfg.model.name!r}: use blocks")
-    if o.sampling not in ("permutation", "replacement"):
-        raise ConfigError(f"algo.sampling must be permutation or replacement, got {o.sampling!r}")
-    if o.sampling == "replacement" and cls.name != "saga":
-        raise ConfigError(f"algo.sampling = replacement is a saga option, not {cls.name}'s")
-    if o.metric_every < 0:
-        raise ConfigError("algo.metric_every must be >= 0")
-    if cfg.algo.momentum != 0 or cfg.algo.optimizer != "sgd" or cfg.algo.weight_decay != 0:
-        raise ConfigError(f"algo.momentum: {cls.name} applies its own update; momentum and "
-                          "weight_decay must be 0 and optimizer sgd (use model.l2)")
-    if world_size is not None:
-        if o.mode == "single" and world_size != 1:
-            raise ConfigError(f"algo.mode = single runs on 1 rank, not {world_size}; use sync")
-        if o.mode == "async" and world_size < 2:
-            raise ConfigError("algo.mode = async needs at least 2 ranks (rank 0 is the server)")
 
 
 class Tableau:
@@ -149,22 +150,13 @@ class VRBase(Algorithm):
     """Shared driver; subclasses give update(), begin_epoch(), end_epoch()."""
 
     Options = VROptions
-    modes = ("single", "sync")
     uses_table = True
     refuses_momentum = True     # own update: the CLI drops the quickstart's momentum (defaults.py)
-
-    @classmethod
-    def check_config(cls, cfg):
-        import sys
-        mpi = sys.modules.get("mpi4py.MPI")
-        size = mpi.COMM_WORLD.Get_size() if mpi is not None and mpi.Is_initialized() else None
-        check_vr_config(cls, cfg, size)
 
     def __init__(self, *args):
         super().__init__(*args)
         o = self.opts
         self.mode, self.sampling, self.metric_every = o.mode, o.sampling, o.metric_every
-        check_vr_config(type(self), self.cfg, self.size)
         self.synchronous = self.mode != "async"
         self.is_server = False
         self.kind = table_kind(self.cfg)

@@ -61,13 +61,14 @@ def report(out_dir):
 
 def main(argv=None):
     from .. import train
+    from ..catalog import load_config
     param_server.Server.poll = _timed(param_server.Server.poll)
     argv = sys.argv[1:] if argv is None else argv
     rc = train.main(argv)
     from mpi4py import MPI
     if MPI.COMM_WORLD.rank == 0 and rc in (0, None):
         args = train.parse_args(argv)
-        cfg = train.C.load(args.config, args.overrides,
+        cfg = load_config(args.config, args.overrides,
                            base=None if args.config else train.QUICKSTART)
         report(cfg.run.out_dir)
     return rc

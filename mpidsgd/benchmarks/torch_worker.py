@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from mpidsgd import config as C  # noqa: E402
+from mpidsgd.catalog import config_from_dict  # noqa: E402
 from mpidsgd.comm import costmodel as cm  # noqa: E402
 from mpidsgd.evaluate import evaluate  # noqa: E402
 from mpidsgd.optim import schedule_from  # noqa: E402
@@ -56,7 +57,7 @@ def job(args, model, algo):
     else:                       # 28x28 images written by the driver
         data = {"name": "file", "path": args.images + "-train.npz",
                 "test_path": args.images + "-test.npz"}
-    return C.from_dict({
+    return config_from_dict({
         "run": {"seed": args.seed, "steps": steps, "eval_every": 0, "progress": False},
         "data": {**data, "batch_size": args.batch},
         "model": model, "algo": {"lr": args.lr, "momentum": 0.9, "schedule": "cosine", **algo}})

@@ -172,12 +172,13 @@ def train_state(comm, out, sets):
 
 
 def training(out_dir):
-    from mpidsgd import config as C, train
+    from mpidsgd import train
+    from mpidsgd.catalog import load_config
     from mpidsgd.algorithms import REGISTRY
     names = sorted(n for n, cls in REGISTRY.items() if cls.synchronous)
     for name in names:
         sets = {"algo.name": name}
-        cfg = C.load(None, [f"{k}={v}" for k, v in {**BASE, **sets}.items()],
+        cfg = load_config(None, [f"{k}={v}" for k, v in {**BASE, **sets}.items()],
                  base=train.QUICKSTART)
         P = next(p for p in (4, 2, 1) if _accepts(REGISTRY[name], cfg, p))
         for _, sub in sub_comms([P], COMM):
@@ -207,8 +208,9 @@ def training(out_dir):
 
 def _accepts(cls, cfg, P):
     from mpidsgd import config as C
+    from mpidsgd.catalog import validate
     try:
-        cls.check_world(cfg, P)
+        validate(cfg, P)
         return True
     except C.ConfigError:
         return False
