@@ -1,7 +1,61 @@
-"""Progress lines and summary.json of a training run (rank 0 writes them)."""
+"""Recording of a training run: metrics.jsonl, progress lines and
+summary.json (rank 0 writes them; every other rank stays silent)."""
 from __future__ import annotations
 
+import json
+import os
 import time
+
+from .checkpoint_disk import try_append
+
+
+class Log:
+    """Rank 0 prints and writes metrics; every other rank stays silent."""
+
+    def __init__(self, topo, out_dir, enabled=True, append=False):
+        """append: keep the records already there (a resume, which rewinds
+        them to its step); a fresh run starts the file anew."""
+        self.root = topo.is_root
+        self.fh = None
+        self.failed = None       # the one-line error of a record that could not be written
+        if self.root and enabled:
+            os.makedirs(out_dir, exist_ok=True)
+            self.fh = open(os.path.join(out_dir, "metrics.jsonl"), "a" if append else "w")
+
+    def say(self, text):
+        if self.root and text:
+            print(text, flush=True)
+
+    def record(self, **fields):
+        if self.fh and not self.failed:     # a failed append stops every rank (control.py)
+            self.failed = try_append(self.fh, json.dumps(fields) + "\n")
+
+    def rewind(self, step):
+        """Resuming at `step`: drop the records a killed run wrote after it,
+        so metrics.jsonl reads as if the run had never stopped."""
+        if not self.fh:
+            return
+        self.fh.close()
+        path = self.fh.name
+        with open(path) as fh:
+            keep = [ln for ln in fh if ln.strip() and _kept(ln, step)]
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.writelines(keep)
+        os.replace(tmp, path)
+        self.fh = open(path, "a")
+
+    def close(self):
+        if self.fh:
+            self.fh.close()
+
+
+def _kept(line, step):
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return False
+    return rec.get("kind") != "final" and rec.get("step", 0) <= step
 
 
 def report(log, cfg, algo, shard, channel, metrics, loss, t0, final=False):

@@ -85,7 +85,7 @@ def plan(args, batch_size):
 
 def mpiexec_runner(config, timeout):
     """A runner: launches one spec with mpiexec, returns its summary.json."""
-    from .benchmarks.train import launch
+    from .bench.train import launch
 
     def run(spec):
         summary, _, _ = launch(spec.nprocs, config, spec.overrides, spec.out_dir, timeout)

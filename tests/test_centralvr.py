@@ -174,7 +174,7 @@ def test_svrg_recompute_snapshot_matches_stored_and_counts_three_per_round():
 def test_vr_bench_suites_run_at_a_constant_step(suite):
     """The suites have no base job, so their runs start from the train CLI's
     quickstart (cosine schedule): each must set the constant step itself."""
-    from mpidsgd.benchmarks.train import load_suite
+    from mpidsgd.bench.train import load_suite
     from mpidsgd.train import QUICKSTART
     spec, _ = load_suite(os.path.join(os.path.dirname(__file__), "..", "jobs", "bench", f"{suite}.toml"))
     assert "base" not in spec["suite"]

@@ -74,7 +74,7 @@ def test_bench_costmodel_uses_the_checked_formulas(tmp_path, capsys):
     counters against), and the oktopk-measured curve scales the measured
     entries of a `bench collectives` record."""
     from mpidsgd.bench import main
-    from mpidsgd.benchmarks.costmodel import expand_p
+    from mpidsgd.bench.costmodel import expand_p
     assert expand_p("8,16,...,1024") == [8, 16, 32, 64, 128, 256, 512, 1024]
     assert expand_p("2,3,5") == [2, 3, 5]
     rec = tmp_path / "coll.json"

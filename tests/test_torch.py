@@ -96,7 +96,7 @@ def test_torch_mlp_follows_the_builtin_mlp_trajectory(algo):
 
 
 def test_the_example_job_trains_its_cnn(tmp_path):
-    from mpidsgd.benchmarks.torch_ddp import write_images
+    from mpidsgd.bench.torch_ddp import write_images
     root = os.path.dirname(HERE)
     write_images(str(tmp_path / "img"), n_train=256, n_test=64)
     cfg = load_config(os.path.join(root, "jobs", "torch_cnn.toml"), [

@@ -1,4 +1,4 @@
-"""`python -m mpidsgd.algorithms._vr_rates runs/bench/x.json ...`: gradient
+"""`python -m mpidsgd.bench vr-rates runs/bench/x.json ...`: gradient
 evaluations per sample to a relative gradient norm of 1e-6 / 1e-10 for the
 variance-reduced runs of a `bench train --json` file (jobs/bench/centralvr_rates.toml)."""
 from __future__ import annotations
@@ -71,13 +71,18 @@ def plot(records, path):
     fig.savefig(path, dpi=110)
 
 
-if __name__ == "__main__":
-    import argparse
+def register(sub):
+    p = sub.add_parser("vr-rates", help="gradient evaluations to a relative gradient norm, "
+                                        "from `bench train --json` files of VR runs",
+                       description=__doc__)
+    p.add_argument("json", nargs="+", help="bench train --json files")
+    p.add_argument("--plot", help="also write the convergence plot (best step per P and method)")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    """One table per file, then the plot of all of them."""
     import json
-    ap = argparse.ArgumentParser(prog="python -m mpidsgd.algorithms._vr_rates")
-    ap.add_argument("json", nargs="+", help="bench train --json files")
-    ap.add_argument("--plot", help="also write the convergence plot (best step per P and method)")
-    args = ap.parse_args()
     records = []
     for path in args.json:
         with open(path) as fh:

@@ -1,6 +1,9 @@
 """The figure of `bench costmodel`: predicted ms per step against P, one
-panel per (n, alpha, beta), log-log, one line per scheme."""
+panel per (n, alpha, beta), log-log, one line per scheme; and the label of
+a gradient length that the figure and the tables share."""
 from __future__ import annotations
+
+import math
 
 STYLE = {"dense-ring": ("0.5", ":"), "dense-rabenseifner": ("k", ":"),
          "topka": ("tab:purple", "-."), "gtopk": ("tab:brown", "-."),
@@ -9,12 +12,17 @@ STYLE = {"dense-ring": ("0.5", ":"), "dense-rabenseifner": ("k", ":"),
          "lower-bound": ("tab:green", ":")}
 
 
+def n_label(n):
+    """2**24 -> '2^24'; a length that is no power of two prints as it is."""
+    e = int(round(math.log2(n)))
+    return f"2^{e}" if 2**e == n else str(n)
+
+
 def plot(records, Ps, args, c, okm):
     """Write args.plot (PNG)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .costmodel import n_label
     settings = sorted({(r["n"], r["alpha"], r["beta"]) for r in records})
     cols = min(4, len(settings))
     rows = -(-len(settings) // cols)

@@ -2,7 +2,7 @@
 
 For each model (the quickstart-shaped MLP and a small BatchNorm CNN on 28x28
 inputs, both from examples/torch_models.py) and each world size, one
-`mpiexec -n P` job (mpidsgd/benchmarks/torch_worker.py) runs, on the same
+`mpiexec -n P` job (mpidsgd/bench/torch_worker.py) runs, on the same
 data, batches, initial values and number of samples, one thread per rank:
 
     builtin-sgd            mpidsgd sgd on the built-in mlp (MLP only: the 1.2x target)
@@ -66,7 +66,7 @@ def write_images(prefix, n_train=16384, n_test=4096, seed=0):
 
 def launch(args, model, P):
     """One mpiexec job: its JSON records."""
-    cmd = ["mpiexec", "-n", str(P), sys.executable, "-m", "mpidsgd.benchmarks.torch_worker",
+    cmd = ["mpiexec", "-n", str(P), sys.executable, "-m", "mpidsgd.bench.torch_worker",
            "--model", model, "--samples", str(args.samples), "--warmup", str(args.warmup),
            "--repeat", str(args.repeat),
            "--examples", args.examples, "--images", args.images]

@@ -1,5 +1,5 @@
 """One cell of `python -m mpidsgd.bench torch`: every method on one model and
-world size, run by `mpiexec -n P python -m mpidsgd.benchmarks.torch_worker`.
+world size, run by `mpiexec -n P python -m mpidsgd.bench.torch_worker`.
 
 All methods get the same data (mpidsgd's synthetic shards, the same batches
 in the same order), the same factory-built module with the same initial
@@ -205,7 +205,7 @@ def run_method(args, method):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m mpidsgd.benchmarks.torch_worker")
+    p = argparse.ArgumentParser(prog="python -m mpidsgd.bench.torch_worker")
     p.add_argument("--model", choices=sorted(MODELS), default="mlp")
     p.add_argument("--methods", default=",".join(["builtin-sgd", *MPIDSGD, *DDP]))
     p.add_argument("--samples", type=int, default=0, help="training samples, all ranks (0: one epoch)")

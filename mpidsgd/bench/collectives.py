@@ -7,7 +7,7 @@ count d (B-SAG always, R-SAG for power-of-two d), `oktopk` and
 `oktopk-exact`. Every rank holds its own seeded gradient of n values; sparse
 schemes start each run from a zero residual (reset untimed), so every
 repetition does the same work, except Ok-Topk, whose state persists across
-its calls (benchmarks/_oktopk.py: the steady threshold-reuse step after a
+its calls (bench/_oktopk.py: the steady threshold-reuse step after a
 warm-up of threshold_every calls; the exact-threshold step on its own row).
 
 Per scheme and emulation setting one JSON record:

@@ -1,4 +1,4 @@
-"""Parameter-server load: `mpiexec -n P python -m mpidsgd.benchmarks.ps_server [train args]`.
+"""Parameter-server load: `mpiexec -n P python -m mpidsgd.bench.ps_server [train args]`.
 
 Runs `python -m mpidsgd.train` with the given arguments (an asgd or easgd
 job) and times, on the server (rank 0), every poll that handled a message:

@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from ._costmodel_plot import n_label
 from .kernels import _ints, _median_ms
 
 SCHEMES = ("dense-ring", "dense-rabenseifner", "topka", "gtopk", "oktopk-bound",
@@ -119,11 +120,6 @@ def oktopk_measured(path):
     k, P = r["k"], r["P"]
     return (r["sent_entries"] / (k * (P - 1) / P), r["gathered_entries"] / k,
             f"{path}: P={P} n={n_label(r['n'])}")
-
-
-def n_label(n):
-    e = int(round(math.log2(n)))
-    return f"2^{e}" if 2**e == n else str(n)
 
 
 # ---------------------------------------------------------------- predictions

@@ -1,6 +1,6 @@
 """Iterations to a target training loss from a tuner run's folders.
 
-    python docs/results/async_iters.py runs/tune_qs.json --target 0.9
+    python -m mpidsgd.bench async-iters runs/tune_qs.json --target 0.9
 
 For each group count: the tuner's best (mu_L, lr) and the best lr at
 mu_L = 0.9, the first server update at which the training loss (the mean
@@ -8,7 +8,6 @@ over the last `--window` records of metrics.jsonl, 10 updates each by
 default) is at or below the target, and the penalty against the tuned
 single-group run. Prints a Markdown table.
 """
-import argparse
 import json
 from pathlib import Path
 
@@ -23,12 +22,17 @@ def first_hit(out_dir, target, window):
     return None
 
 
-def main():
-    p = argparse.ArgumentParser()
+def register(sub):
+    p = sub.add_parser("async-iters", help="iterations to a target training loss, from a "
+                                           "`tune momentum --json` file", description=__doc__)
     p.add_argument("json")
     p.add_argument("--target", type=float, required=True)
     p.add_argument("--window", type=int, default=3)
-    a = p.parse_args()
+    p.set_defaults(func=run)
+
+
+def run(a):
+    """The Markdown table of the tuner's runs (module docstring)."""
     res = json.loads(Path(a.json).read_text())
     ok = [r for r in res["runs"] if r["status"] == "ok"]
     rows, base = [], None
@@ -57,7 +61,3 @@ def main():
     for M, t, it_t, m9, it_9 in rows:
         print(f"| {M} | {t['momentum']:+g}, {t['lr']:g} | {f(it_t)} | {pen(it_t)} | "
               f"{m9['lr'] if m9 else '-'} | {f(it_9)} | {pen(it_9)} |")
-
-
-if __name__ == "__main__":
-    main()

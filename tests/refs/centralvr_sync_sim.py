@@ -2,11 +2,11 @@
 on exactly the shards and sample orders the implementation sees, next to the
 implementation itself: the evidence behind "Sync at P > 1" in docs/results/variance-reduction.md.
 
-    mpiexec -n 2 python docs/centralvr_sync_sim.py --lr 0.025 --epochs 30 --compare
-    mpiexec -n 2 python docs/centralvr_sync_sim.py --lr 0.025 --same-shard
-    mpiexec -n 2 python docs/centralvr_sync_sim.py --lr 0.025 --l2 0.1 --serial
-    mpiexec -n 2 python docs/centralvr_sync_sim.py --saga --lr 0.0125 --compare
-    python docs/centralvr_sync_sim.py --lr 0.025 --split 8
+    mpiexec -n 2 python tests/refs/centralvr_sync_sim.py --lr 0.025 --epochs 30 --compare
+    mpiexec -n 2 python tests/refs/centralvr_sync_sim.py --lr 0.025 --same-shard
+    mpiexec -n 2 python tests/refs/centralvr_sync_sim.py --lr 0.025 --l2 0.1 --serial
+    mpiexec -n 2 python tests/refs/centralvr_sync_sim.py --saga --lr 0.0125 --compare
+    python tests/refs/centralvr_sync_sim.py --lr 0.025 --split 8
 
 Task: the rates suite (jobs/bench/centralvr_rates.toml): logistic regression,
 2000 synthetic samples per rank x 20 features, batch 1, constant step. Every
