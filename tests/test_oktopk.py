@@ -65,7 +65,7 @@ def test_single_rank_keeps_the_top_k_and_the_rest_stays_in_the_residual():
     assert np.array_equal(ok.E + out, g)             # nothing lost
     assert ok.channel.counters.bytes.get("train", 0.0) == 0.0
     st = ok.state_dict()
-    assert st["t"][0] == 1 and st["bounds"].tolist() == [0, n]
+    assert st["oktopk_t"][0] == 1 and st["oktopk_bounds"].tolist() == [0, n]
 
 
 def test_bench_costmodel_uses_the_checked_formulas(tmp_path, capsys):

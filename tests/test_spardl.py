@@ -106,7 +106,7 @@ def test_state_dict_round_trip_and_shape_check():
     assert np.array_equal(a.allreduce(g), b.allreduce(g))
     assert np.array_equal(a.residual(), b.residual())
     with pytest.raises(ValueError, match="residual"):
-        b.load_state_dict({"residual": np.zeros(21), "h": 1})
+        b.load_state_dict({"residual": np.zeros(21), "sag_h": 1})
 
 
 def test_bad_arguments():

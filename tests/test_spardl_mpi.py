@@ -197,15 +197,15 @@ def test_algorithm_identical_params_density_one_is_sgd_and_resume_bitwise():
     ok, why = True, []
     dense = train(build(comm, "sgd", 4), 4).params.copy()
     full = train(build(comm, "spardl", 4, "algo.density=1.0"), 4)
-    good = np.allclose(full.params, dense, rtol=1e-12, atol=1e-13) and not full.sd.residual().any()
+    good = np.allclose(full.params, dense, rtol=1e-12, atol=1e-13) and not full.sparse.residual().any()
     ok &= good
     why.append(f"density 1 = sgd: {good}")
     for teams, sag in [(1, "bruck"), (2, "bruck"), (2, "recursive"), (4, "bruck")]:
         opts = ["algo.density=0.05", f"algo.teams={teams}", f"algo.sag='{sag}'",
                 "algo.warmup_dense_steps=1", "algo.nesterov=true"]
         a = train(build(comm, "spardl", 6, *opts), 6)
-        good = same_everywhere(a.params, comm) and not same_everywhere(a.sd.residual(), comm)
-        good &= not np.allclose(a.params, dense) and a.sd.residual().any()
+        good = same_everywhere(a.params, comm) and not same_everywhere(a.sparse.residual(), comm)
+        good &= not np.allclose(a.params, dense) and a.sparse.residual().any()
         # resume from the state_dict at step 3 continues bit for bit
         b = train(build(comm, "spardl", 6, *opts), 3)
         state = {s: {k: np.array(v, copy=True) for k, v in d.items()}
@@ -217,7 +217,7 @@ def test_algorithm_identical_params_density_one_is_sgd_and_resume_bitwise():
             ctx["data"].train.next_batch()
         train(ctx, 3)
         good &= np.array_equal(c.params, a.params)
-        good &= np.array_equal(c.sd.residual(), a.sd.residual()) and c.sd.h == a.sd.h
+        good &= np.array_equal(c.sparse.residual(), a.sparse.residual()) and c.sparse.h == a.sparse.h
         ok &= good
         why.append(f"teams={teams} {sag}: {good}")
     assert_all(ok, "; ".join(why))

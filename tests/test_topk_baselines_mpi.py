@@ -207,10 +207,10 @@ def test_algorithms_identical_params_density_one_equals_sgd_and_resume_bitwise()
             # density 1: every entry is selected, the result is the dense mean
             full = train(build(sub, name, 4, ["algo.density=1.0"]), 4)
             good = np.allclose(full.params, dense, rtol=1e-12, atol=1e-12)
-            good &= not full.residual.any()
+            good &= not full.sparse.residual().any()
             # sparse: parameters identical on all ranks, residuals differ
             a = train(build(sub, name, 6, ["algo.density=0.05", "algo.warmup_dense_steps=1"]), 6)
-            good &= same_everywhere(a.params, sub) and not same_everywhere(a.residual, sub)
+            good &= same_everywhere(a.params, sub) and not same_everywhere(a.sparse.residual(), sub)
             good &= not np.allclose(a.params, dense)
             # resume from state_dict at step 3 continues bit for bit
             b = train(build(sub, name, 6, ["algo.density=0.05", "algo.warmup_dense_steps=1"]), 3)
@@ -223,7 +223,7 @@ def test_algorithms_identical_params_density_one_equals_sgd_and_resume_bitwise()
             for _ in range(3):          # replay the data order of the first 3 steps
                 shard.next_batch()
             train(ctx, 3)
-            good &= np.array_equal(c.params, a.params) and np.array_equal(c.residual, a.residual)
+            good &= np.array_equal(c.params, a.params) and np.array_equal(c.sparse.residual(), a.sparse.residual())
             ok &= good
             why.append(f"{name}: {good}")
         assert_all(ok, "; ".join(why), comm=sub)

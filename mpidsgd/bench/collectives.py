@@ -118,11 +118,8 @@ def schemes(ch, g, density, teams, keep):
             sd = SparDL(n, g.dtype, density, channel=ch, teams=d, sag=sag)
             b, m = cm.spardl(n, s, P, density, teams=d, sag=sag)
             name = "spardl" if d == 1 else f"spardl-d{d}-{'bsag' if sag == 'bruck' else 'rsag'}"
-
-            def reset():
-                sd.E.fill(0)
-                sd.h = sd.h_min          # B-SAG starts from h_0 in every call
-            return Scheme(name, (P // d) * sd.k_b, lambda: sd.allreduce(g, out), reset,
+            # every call starts fresh: zero residual, B-SAG's h at h_0
+            return Scheme(name, (P // d) * sd.k_b, lambda: sd.allreduce(g, out), sd.reset,
                           (b, b, m), free=sd.free)
         return make
 

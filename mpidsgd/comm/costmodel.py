@@ -76,14 +76,24 @@ def dense_rabenseifner(n: int, s: int, p: int):
     return allreduce_booking(n * s, p)
 
 
+# -- how many entries a selection keeps (every sparse collective) -------------------
+def select_count(length: int, density: float) -> int:
+    """Entries a top-k selection keeps out of `length`: floor(length * density),
+    at least 1 and at most length. The floor has a 1e-9 guard so that a
+    product meant to be whole survives float rounding (100 * 0.29 is
+    28.999999999999996: 29, not 28). The one rounding rule of TopkA, gTop-k,
+    Ok-Topk and SparDL."""
+    length = int(length)
+    return max(1, min(length, math.floor(length * density + 1e-9)))
+
+
 # -- SparDL (comm/spardl.py): exact per-rank figures -------------------------------
 # One sparse entry travels as a 4-byte int32 block-local index plus its value.
 def spardl_block(n: int, p_team: int, density: float):
-    """(c, k_b): block length ceil(n / P') and entries per block
-    k_b = max(1, floor(c * density)) (floor with a 1e-9 guard, so 0.29 * 100
-    gives 29, not 28)."""
+    """(c, k_b): block length c = ceil(n / P') and entries per block
+    k_b = select_count(c, density)."""
     c = -(-int(n) // int(p_team))
-    return c, max(1, min(c, math.floor(c * density + 1e-9)))
+    return c, select_count(c, density)
 
 
 def spardl_entries(n: int, p: int, density: float, *, teams: int = 1, sag: str = "bruck",

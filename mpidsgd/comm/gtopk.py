@@ -18,12 +18,16 @@ Every message is one packed buffer of exactly k (int32 global index, value)
 pairs. Per rank r: 1 reduce message if r != 0, and L - bitlength(r)
 broadcast messages (costmodel.gtopk_rank); the critical path is 2L messages
 of k entries (costmodel.gtopk_path).
+
+`GTopk` (the class) holds one rank's state: as `TopkA`'s, with this
+allreduce.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import kernels as K
+from .topka import TopkA
 
 TAG_REDUCE = 0x6701
 TAG_BCAST = 0x6702
@@ -61,6 +65,17 @@ def gtopk(grad, residual, k, *, channel, out=None):
     if p > 1:
         out /= p
     return out
+
+
+class GTopk(TopkA):
+    """gTop-k state on one rank: residual E and k (the channel's size must
+    be a power of two)."""
+
+    name = "gtopk"
+
+    def allreduce(self, g, out=None):
+        """out <- the gTop-k mean over all ranks of g (+ residual); E updated."""
+        return gtopk(g, self.E, self.k, channel=self.channel, out=out)
 
 
 def tree_reduce(idx, val, k, channel, xp):

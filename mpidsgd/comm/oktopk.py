@@ -4,7 +4,7 @@ Sparse Allreduce for Distributed Deep Learning", PPoPP 2022).
     ok = OkTopk(n, np.float32, 0.01, channel=ch)
     ok.allreduce(g, out)      # out <- sparse mean over all ranks; ok.E updated
 
-One step on A = g + E, k = max(1, floor(n * density)), step counter t:
+One step on A = g + E, k = costmodel.select_count(n, density), step counter t:
 1. local threshold: every `threshold_every` steps the exact k-th largest |A|;
    in between the previous one, raised by 1.03 while more than 4k/3 entries
    pass it (at most 5 times). Selected: |A| >= threshold (|A| > 0 if it is 0).
@@ -34,13 +34,13 @@ costmodel.oktopk_phases on the step's actual sizes (`last`).
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import numpy as np
 
 from .. import kernels as K
 from .channel import Counters
+from .costmodel import select_count
 
 TAG_SPLIT = 0x6b01
 
@@ -110,6 +110,8 @@ class OkTopk:
     region boundaries, step counter t. Works on NumPy (or CuPy) arrays of
     float32/float64; the boundaries live on the host."""
 
+    name = "oktopk"
+
     def __init__(self, n, dtype, density, *, channel, threshold_every=32, region_every=64,
                  throttle=4, xp=None):
         problem = check_oktopk(density, threshold_every, region_every, throttle)
@@ -119,7 +121,7 @@ class OkTopk:
         if self.n >= 2**31:
             raise ValueError("oktopk: n must be < 2**31 (int32 indices)")
         self.density = float(density)
-        self.k = max(1, min(self.n, math.floor(self.n * self.density)))
+        self.k = select_count(self.n, self.density)
         self.threshold_every, self.region_every = int(threshold_every), int(region_every)
         self.throttle = int(throttle)
         self.channel, self.P, self.r = channel, channel.size, channel.rank
@@ -127,6 +129,12 @@ class OkTopk:
         self.E = self.xp.zeros(self.n, self.dtype)
         self.reset()
         self.last = {}
+
+    @classmethod
+    def from_options(cls, n, dtype, opts, *, channel, xp=None):
+        """Built from the [algo] options (density, threshold_every, region_every, throttle)."""
+        return cls(n, dtype, opts.density, channel=channel, threshold_every=opts.threshold_every,
+                   region_every=opts.region_every, throttle=opts.throttle, xp=xp)
 
     def reset(self):
         """Fresh state: zero residual, t = 0 (next step exact and rebalancing)."""
@@ -136,20 +144,32 @@ class OkTopk:
         self.global_thr = 0.0
         self.bounds = np.array([i * self.n // self.P for i in range(self.P + 1)], np.int64)
 
+    def residual(self):
+        """This rank's residual: a view, updated in place by every allreduce."""
+        return self.E
+
     # -- checkpoint ------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"residual": self.E, "t": np.array([self.t], np.int64),
-                "thresholds": np.array([self.local_thr, self.global_thr], np.float64),
-                "bounds": self.bounds.copy()}
+        """Per-rank state under its checkpoint names."""
+        return {"residual": self.E, "oktopk_t": np.array([self.t], np.int64),
+                "oktopk_thresholds": np.array([self.local_thr, self.global_thr], np.float64),
+                "oktopk_bounds": self.bounds.copy()}
 
     def load_state_dict(self, st):
-        bounds = np.asarray(st["bounds"], np.int64).ravel()
+        bounds = np.asarray(st["oktopk_bounds"], np.int64).ravel()
         if bounds.size != self.P + 1:
             raise ValueError(f"oktopk: {bounds.size - 1} regions saved, {self.P} ranks now")
         self.E[...] = self.xp.asarray(st["residual"])
-        self.t = int(np.asarray(st["t"]).ravel()[0])
-        self.local_thr, self.global_thr = (float(x) for x in np.asarray(st["thresholds"]).ravel())
+        self.t = int(np.asarray(st["oktopk_t"]).ravel()[0])
+        self.local_thr, self.global_thr = (
+            float(x) for x in np.asarray(st["oktopk_thresholds"]).ravel())
         self.bounds = bounds
+
+    def summary(self) -> dict:
+        """Fields for summary.json."""
+        return {"density": self.density, "k": self.k, "threshold_every": self.threshold_every,
+                "region_every": self.region_every, "throttle": self.throttle,
+                "local_threshold": self.local_thr, "global_threshold": self.global_thr}
 
     # -- the allreduce ---------------------------------------------------------------
     def allreduce(self, g, out=None):

@@ -48,6 +48,8 @@ class SparDL:
     arrays of float32/float64 (`xp` defaults to the channel's backend).
     """
 
+    name = "spardl"
+
     def __init__(self, n, dtype, density, *, channel, teams=1, sag="bruck", batched=True, xp=None):
         problem = check_spardl(channel.size, density, teams, sag)
         if problem:
@@ -68,6 +70,12 @@ class SparDL:
         self.xp = xp or channel.backend.xp
         self.E = self.xp.zeros(self.p_team * self.c, self.dtype)   # padding stays 0
         self.last = {}
+
+    @classmethod
+    def from_options(cls, n, dtype, opts, *, channel, xp=None):
+        """Built from the [algo] options (density, teams, sag)."""
+        return cls(n, dtype, opts.density, channel=channel, teams=opts.teams, sag=opts.sag,
+                   xp=xp)
 
     # -- the allreduce --------------------------------------------------------------
     def allreduce(self, g, out=None):
@@ -166,10 +174,16 @@ class SparDL:
         return cm.spardl(self.n, self.dtype.itemsize, self.P, self.density, teams=self.teams,
                          sag=self.sag, h=self.last.get("h"), batched=self.batched)
 
+    def reset(self):
+        """Fresh state (a resume at another world size): zero residual, B-SAG
+        h at its start value."""
+        self.E.fill(0)
+        self.h = self.h_min
+
     def state_dict(self) -> dict:
-        """Per-rank state: the residual (a view, as residual()) and this rank's
-        SAG group's h."""
-        return {"residual": self.E[:self.n], "h": int(self.h)}
+        """Per-rank state under its checkpoint names: the residual (a view,
+        as residual()) and this rank's SAG group's h."""
+        return {"residual": self.E[:self.n], "sag_h": int(self.h)}
 
     def load_state_dict(self, state: dict):
         res = self.xp.asarray(state["residual"])
@@ -178,7 +192,19 @@ class SparDL:
         self.E[:self.n] = res
         self.E[self.n:] = 0
         # a resume with another density keeps h inside its valid range
-        self.h = min(max(int(state["h"]), self.h_min), self.k_b)
+        self.h = min(max(int(state["sag_h"]), self.h_min), self.k_b)
+
+    def summary(self) -> dict:
+        """Fields for summary.json; traffic per sparse step as costmodel
+        predicts it (B-SAG with the start value of h)."""
+        nbytes, msgs = cm.spardl(self.n, self.dtype.itemsize, self.P, self.density,
+                                 teams=self.teams, sag=self.sag)
+        out = {"density": self.density, "teams": self.teams, "sag": self.sag, "k_b": self.k_b,
+               "block_len": self.c, "k": self.k_b * self.p_team,
+               "predicted_bytes_per_step": nbytes, "predicted_messages_per_step": msgs}
+        if self.teams > 1 and self.sag == "bruck":
+            out["sag_h"] = self.h    # this rank's group; the start value is max(1, k_b // d)
+        return out
 
     def free(self):
         """Release the team and group communicators (collective)."""

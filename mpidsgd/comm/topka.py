@@ -7,12 +7,17 @@ One Allgather of k packed (int32 global index, value) pairs per rank; the
 result has up to P*k nonzeros, and an index chosen by several ranks sums
 their values (scatter-add). Booked as a library allgather: (P-1)*k*(4+s)
 bytes and ceil(log2 P) messages per rank (costmodel.topka).
+
+`TopkA` (the class) holds one rank's state for repeated calls: the residual
+E and k = costmodel.select_count(n, density); the sparse allreduces are
+looked up by name in comm/sparse_allreduce.py.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import kernels as K
+from .costmodel import select_count
 
 
 def topka(grad, residual, k, *, channel, out=None):
@@ -48,3 +53,48 @@ def combine(gathered, k, dtype, p, n, xp, out=None):
     if p > 1:
         out /= p
     return out
+
+
+class TopkA:
+    """TopkA state on one rank: residual E (n values) and k. Works on NumPy
+    or CuPy arrays of float32/float64 (`xp` defaults to the channel's)."""
+
+    name = "topka"
+
+    def __init__(self, n, dtype, density, *, channel, xp=None):
+        if not 0 < density <= 1:
+            raise ValueError(f"density: must be in (0, 1], got {density}")
+        self.n, self.dtype, self.density = int(n), np.dtype(dtype), float(density)
+        self.k = select_count(self.n, self.density)
+        self.channel = channel
+        self.xp = xp or channel.backend.xp
+        self.E = self.xp.zeros(self.n, self.dtype)
+
+    @classmethod
+    def from_options(cls, n, dtype, opts, *, channel, xp=None):
+        """Built from the [algo] options (density)."""
+        return cls(n, dtype, opts.density, channel=channel, xp=xp)
+
+    def allreduce(self, g, out=None):
+        """out <- the TopkA mean over all ranks of g (+ residual); E updated.
+        Collective; out may be g itself. Returns out."""
+        return topka(g, self.E, self.k, channel=self.channel, out=out)
+
+    def residual(self):
+        """This rank's residual: a view, updated in place by every allreduce."""
+        return self.E
+
+    def reset(self):
+        """Fresh state (a resume at another world size): zero residual."""
+        self.E.fill(0)
+
+    def state_dict(self) -> dict:
+        """Per-rank state under its checkpoint names: the residual (a view)."""
+        return {"residual": self.E}
+
+    def load_state_dict(self, state: dict):
+        self.E[...] = self.xp.asarray(state["residual"])
+
+    def summary(self) -> dict:
+        """Fields for summary.json."""
+        return {"density": self.density, "k": self.k}
