@@ -100,6 +100,14 @@ def test_shards_steps_and_statistics_for_P_1_to_5():
         ok &= np.allclose(ds.std, np.where(Xtr.std(0) > 0, Xtr.std(0), 1.0), rtol=1e-12)
         rows = np.rint(ds.train.X[:, 0] * ds.std[0] + ds.mean[0]).astype(int)
         ok &= np.array_equal(rows, train_rows[ds.train.ids])
+
+        # a parameter server (skip=1) holds no training row and no test row:
+        # it trains no model state (BatchNorm statistics) to score them with
+        if P >= 2:
+            ds = load_data(cfg, ch, Backend(), skip=1)
+            held = sub.allgather((len(ds.train.ids), len(ds.test_y)))
+            ok &= held[0] == (0, 0) and sum(h[1] for h in held) == len(test_rows)
+            ok &= sum(h[0] for h in held) == len(train_rows)
         assert_all(ok, f"P={P}", comm=sub)
     COMM.Barrier()
     if COMM.rank == 0:

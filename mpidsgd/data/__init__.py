@@ -61,7 +61,7 @@ def synthetic_local(cfg, rank: int, size: int, part=None, task=None) -> Local:
     else:
         n_train = d.n_samples
         lo, hi = train_range(n_train, part)
-    tlo, thi = shard_range(d.n_test, rank, size)
+    tlo, thi = train_range(d.n_test, part)      # the test set: over the same data ranks
     teacher = synthetic.Teacher(cfg.run.seed, generator_task(cfg, task), d.n_features, d.n_classes)
     X, y = synthetic.generate(d, cfg.run.seed, lo, hi, "train", teacher)
     tX, ty = synthetic.generate(d, cfg.run.seed, tlo, thi, "test", teacher)
@@ -92,7 +92,8 @@ def _labels(cfg, local, channel, task):
 def load_data(cfg, channel, backend, task=None, skip: int = 0) -> Dataset:
     """Build this rank's Dataset. Collective over `channel`. The first `skip`
     ranks (a parameter server) get an empty training shard; the others split
-    the training set among themselves (the test set is split over all).
+    the training and test sets among themselves (a server scores no test
+    sample: it trains no model state, such as BatchNorm statistics).
 
     task: the label task, "classification" | "binary" | "regression", as
     the entry point decided it from data.task and the model (startup.py);

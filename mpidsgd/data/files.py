@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import ConfigError
 from .formats import LibsvmSource, open_source
-from .shard import shard_range, train_range
+from .shard import train_range
 
 SPLIT = 0x5B1   # stream tag of the train/test split
 
@@ -81,7 +81,7 @@ def read_local(cfg, rank: int, size: int, part=None) -> Local:
         test_key, test_file = "data.test_path", d.test_path
     shape = input_shape_of(src.sample_shape, "data.path", d.path)
     lo, hi = train_range(len(train_rows), part or (rank, size))
-    tlo, thi = shard_range(len(test_rows), rank, size)
+    tlo, thi = train_range(len(test_rows), part or (rank, size))   # same data ranks
     X, y = src.read(train_rows[lo:hi])
     tX, ty = test.read(test_rows[tlo:thi])
     _check_finite(X, y, "data.path", d.path)
