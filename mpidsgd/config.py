@@ -14,14 +14,12 @@ import math
 import typing
 from dataclasses import dataclass, field, fields
 
+from .errors import ConfigError  # noqa: F401  (defined in errors.py; modules import it from here)
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the offending key."""
 
 
 def doc(default, text, **kw):
