@@ -34,7 +34,8 @@ from mpi4py import MPI
 from mpidsgd import config as C, train
 from mpidsgd.algorithms import REGISTRY
 from mpidsgd.algorithms.base import Algorithm, StepInfo, register
-from mpidsgd.checkpoint import AgreedError, list_checkpoints, verify
+from mpidsgd.checkpoint.format import list_checkpoints, verify
+from mpidsgd.errors import AgreedError
 from mpidsgd.topology import Topology
 from mpiutil import assert_all, sub_comms
 
@@ -463,7 +464,7 @@ def craft(src, dst, edit):
 def set_value(name, value):
     """An edit that stores `value` as dataset `name`, with its checksum, as
     the writer would (kind and shape attributes from the value)."""
-    from mpidsgd.checkpoint import encode, write_array
+    from mpidsgd.checkpoint.format import encode, write_array
 
     def edit(f):
         parent, key = name.rsplit("/", 1)
