@@ -9,6 +9,7 @@ version = re.search(r'__version__ = "([^"]+)"',
                     (here / "mpidsgd" / "__init__.py").read_text()).group(1)
 
 packages = ["mpidsgd", "mpidsgd.comm", "mpidsgd.algorithms", "mpidsgd.models",
+            "mpidsgd.checkpoint",
             "mpidsgd.data", "mpidsgd.bench", "mpidsgd.kernels",
             "mpidsgd.kernels.cpu", "mpidsgd.kernels.cuda"]
 

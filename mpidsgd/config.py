@@ -16,6 +16,8 @@ import math
 import typing
 from dataclasses import fields
 
+from .errors import ConfigError  # noqa: F401  (defined in errors.py; modules import it from here)
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python < 3.11

@@ -8,9 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .errors import ConfigError  # noqa: F401  (defined in errors.py; modules import it from config)
 
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the offending key."""
 
 
 @dataclass(frozen=True)

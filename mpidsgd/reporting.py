@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from .checkpoint_disk import try_append
+from .checkpoint.disk import try_append
 
 
 class Log:

@@ -22,7 +22,8 @@ one_thread_per_rank()        # before NumPy/Numba create their thread pools
 import numpy as np  # noqa: E402
 
 from . import config as C  # noqa: E402
-from .checkpoint_disk import write_summary  # noqa: E402
+from .checkpoint.disk import write_summary  # noqa: E402
+from .errors import InputError  # noqa: E402
 from .meter import Meter  # noqa: E402
 
 from .defaults import QUICKSTART, load_cli  # noqa: E402,F401  (QUICKSTART: the built-in job)
@@ -49,32 +50,39 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def fail_input(topo, message):
-    """Invalid input: one line from rank 0, exit code 2 on every rank."""
+def fail(topo, exc):
+    """An error raised alike on every rank (errors.py): one line from rank 0,
+    its exit code (2 for bad input) on every rank."""
     if topo.is_root:
-        print(f"mpidsgd: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+        print(f"mpidsgd: error: {exc}", file=sys.stderr, flush=True)
+    sys.exit(exc.exit_code)
+
+
+def agreed_input(topo, fn):
+    """fn() on every rank; bad input seen by any rank ends the run on every
+    rank with that rank's line (comm/agree.py)."""
+    from .comm.agree import agreed
+    try:
+        return agreed(topo.world, fn)
+    except InputError as exc:
+        fail(topo, exc)
 
 
 def setup(args, topo):
     """Config, backend, channel, data, model, algorithm: decided collectively."""
-    from .comm.channel import agree_error
-    err, cfg = None, None
     expect = os.environ.get("MPIDSGD_EXPECT_WORLD_SIZE", "")
     if expect and expect != str(topo.size):
-        fail_input(topo, f"MPI world size {topo.size} differs from MPIDSGD_EXPECT_WORLD_SIZE="
-                         f"{expect} (SLURM_NTASKS): is mpi4py built against the cluster's MPI?")
-    notes = []
-    try:
+        fail(topo, InputError(
+            f"MPI world size {topo.size} differs from MPIDSGD_EXPECT_WORLD_SIZE="
+            f"{expect} (SLURM_NTASKS): is mpi4py built against the cluster's MPI?"))
+
+    def load():
         # the algorithm's own rules run here, once, with the world size
         cfg, notes = load_cli(args.config, args.overrides, world_size=topo.size)
         if not args.print_config:
             check_start(cfg, topo)
-    except C.ConfigError as exc:
-        err = str(exc)
-    err = agree_error(topo.world, err)
-    if err:
-        fail_input(topo, err)
+        return cfg, notes
+    cfg, notes = agreed_input(topo, load)
     if args.print_config:
         if topo.is_root:
             print(C.dumps(cfg))
@@ -97,7 +105,7 @@ def check_start(cfg, topo):
 def build(cfg, topo):
     """Everything a run needs, in the order docs/design.md gives."""
     from .backend import Backend
-    from .comm.channel import Channel, NetworkEmulation, agree_error
+    from .comm.channel import Channel, NetworkEmulation
     from .data import load_data
     from .models import model_for
     from .algorithms import REGISTRY
@@ -107,17 +115,13 @@ def build(cfg, topo):
     backend = Backend(cfg.run.device, cfg.comm.cuda_aware, topo.local_rank)
     emu = cfg.comm.emulate
     channel = Channel(topo.world, backend=backend, emulate=NetworkEmulation(emu.alpha, emu.beta))
-    err, data, model = None, None, None
-    try:
+
+    def load():
         with channel.phase("setup"):
             data = load_data(cfg, channel, backend, task,
                              skip=REGISTRY[cfg.algo.name].data_skip(cfg))
-        model = model_for(cfg, data, backend.xp)      # a torch factory may fail here
-    except C.ConfigError as exc:
-        err = str(exc)
-    err = agree_error(topo.world, err)
-    if err:
-        fail_input(topo, err)
+        return data, model_for(cfg, data, backend.xp)      # a torch factory may fail here
+    data, model = agreed_input(topo, load)
     params = init_params(cfg, topo, backend, model)
     algo = REGISTRY[cfg.algo.name](cfg, topo, backend, model, params, channel)
     algo.plan(data.train)
@@ -128,24 +132,21 @@ def build(cfg, topo):
 def init_params(cfg, topo, backend, model):
     """The model's initial parameters, identical on every rank; a model too
     large for this node's memory is an input error (startup.py)."""
-    from .comm.channel import agree_error
     from .startup import check_model_memory
     m = cfg.model
-    err, params = None, None
-    try:
-        check_model_memory(cfg, model.layout.size, model.dtype.itemsize, topo.shared.Get_size())
-        params = backend.xp.zeros(model.layout.size, dtype=cfg.run.dtype)
-        # identical initial parameters on every rank: the same seeded stream
-        model.init(params, np.random.default_rng([cfg.run.seed, 0x1D]))
-    except MemoryError:
-        err = (f"model.name: model {m.name} has {model.layout.size:,} parameters, "
-               f"{model.layout.size * model.dtype.itemsize:,} bytes per copy: out of memory")
-    except C.ConfigError as exc:
-        err = str(exc)
-    err = agree_error(topo.world, err)
-    if err:
-        fail_input(topo, err)
-    return params
+
+    def init():
+        try:
+            check_model_memory(cfg, model.layout.size, model.dtype.itemsize, topo.shared.Get_size())
+            params = backend.xp.zeros(model.layout.size, dtype=cfg.run.dtype)
+            # identical initial parameters on every rank: the same seeded stream
+            model.init(params, np.random.default_rng([cfg.run.seed, 0x1D]))
+        except MemoryError:
+            nbytes = model.layout.size * model.dtype.itemsize
+            raise C.ConfigError(f"model.name: model {m.name} has {model.layout.size:,} parameters, "
+                                f"{nbytes:,} bytes per copy: out of memory") from None
+        return params
+    return agreed_input(topo, init)
 
 
 def open_checkpoints(cfg, topo, ctx, log, args, force=False):
@@ -154,15 +155,16 @@ def open_checkpoints(cfg, topo, ctx, log, args, force=False):
     an unusable checkpoint is an input error: one line, exit 2, every rank."""
     if not (force or cfg.checkpoint.every or args.resume):
         return None
-    from .checkpoint import CheckpointManager, CheckpointError
-    ckpt = CheckpointManager(cfg, topo, ctx, log)
+    from .checkpoint.manager import CheckpointManager
+    ckpt = CheckpointManager(cfg, topo, log, algo=ctx["algo"], shard=ctx["data"].train,
+                             backend=ctx["backend"], channel=ctx["channel"], meter=ctx.get("meter"))
     try:
         if not force:
             ckpt.check_dir()       # at start-up, not at the first checkpoint
         if args.resume:
             ckpt.resume(args.resume)
-    except CheckpointError as exc:
-        fail_input(topo, str(exc))
+    except InputError as exc:      # raised alike on every rank
+        fail(topo, exc)
     return ckpt
 
 
@@ -262,12 +264,10 @@ def main(argv=None):
     except SystemExit:
         raise
     except BaseException as exc:
-        from .checkpoint import AgreedError
+        from .errors import AgreedError
         if isinstance(exc, AgreedError):
             # raised identically on every rank (e.g. diverged parameters at a checkpoint)
-            if topo.is_root:
-                print(f"mpidsgd: error: {exc}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            fail(topo, exc)
         # one rank failing must not leave the others waiting forever
         sys.stderr.write(f"mpidsgd: rank {topo.rank} failed:\n{traceback.format_exc()}")
         sys.stderr.flush()

@@ -262,7 +262,7 @@ def main(argv=None, runner=None, say=print):
         return momentum(args, runner, say)
     except C.ConfigError as exc:
         print(f"mpidsgd: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import uuid
 
 import h5py
 
-from mpidsgd.checkpoint import list_checkpoints, verify
+from mpidsgd.checkpoint.format import list_checkpoints, verify
 from test_checkpoint import launch, rank_pid, wait_for
 
 ASGD = {"algo.name": "asgd", "algo.momentum": 0.5, "run.steps": 300,

@@ -68,3 +68,25 @@ def test_emulation_charges_alpha_beta_on_booked_figures():
     with ch.phase("control"):
         ch.book(4, 1)     # the overlapped stop agreement costs no emulated time
     assert ch.counters.emulated_s == pytest.approx(5e-3)
+
+
+@pytest.mark.parallel(nprocs=3)
+def test_error_agreement_gives_every_rank_the_lowest_failing_ranks_whole_message():
+    from mpidsgd.comm.agree import agree_error
+    comm = MPI.COMM_WORLD
+    r = comm.rank
+    # ranks 1 and 2 fail; rank 1's message (longer than any fixed buffer) wins
+    long = f"data.path /data/{'x' * 3000}: broken on rank {r} é"
+    got = agree_error(comm, long if r >= 1 else None)
+    ok = got == long.replace(f"rank {r}", "rank 1")
+    # nobody fails: None everywhere
+    ok &= agree_error(comm, None) is None
+    # an empty message is still an error
+    ok &= agree_error(comm, "" if r == 2 else None) == ""
+    # on a Channel only the vote is booked, under the current phase
+    ch = Channel(comm)
+    with ch.phase("setup"):
+        ok &= agree_error(ch, None) is None
+    b, m = ch.counters.snapshot()
+    ok &= b.get("setup", 0) == cm.allreduce_booking(8, comm.size)[0] and set(b) == {"setup"}
+    assert_all(ok, f"rank {r}: {got[-30:] if got else got!r}, bytes {b}", comm=comm)

@@ -30,8 +30,8 @@ import h5py
 import numpy as np
 import pytest
 
-from mpidsgd.checkpoint import (decode, encode, info, list_checkpoints, pack, step_of, unpack,
-                                verify)
+from mpidsgd.checkpoint.format import (decode, encode, info, list_checkpoints, pack, step_of,
+                                       unpack, verify)
 
 TINY = {"run.eval_every": 0, "run.log_every": 1, "run.progress": "false", "data.n_samples": 512,
         "data.n_test": 64, "data.n_features": 8, "data.n_classes": 3, "data.batch_size": 16,
@@ -400,7 +400,7 @@ def fill(mnt, leave):
         fh.write(b"\0" * max(st.f_bavail * st.f_frsize - leave, 0))
 
 
-NO_STATVFS = ("import sys, mpidsgd.checkpoint_manager as m; m.free_bytes = lambda p: None; "
+NO_STATVFS = ("import sys, mpidsgd.checkpoint.manager as m; m.free_bytes = lambda p: None; "
               "from mpidsgd.train import main; sys.exit(main(sys.argv[1:]))")
 
 

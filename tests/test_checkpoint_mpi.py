@@ -36,7 +36,8 @@ from mpidsgd import config as C, train
 from mpidsgd.catalog import load_config, validate
 from mpidsgd.algorithms import REGISTRY
 from mpidsgd.algorithms.base import Algorithm, StepInfo, register
-from mpidsgd.checkpoint import AgreedError, list_checkpoints, verify
+from mpidsgd.checkpoint.format import list_checkpoints, verify
+from mpidsgd.errors import AgreedError
 from mpidsgd.topology import Topology
 from mpiutil import assert_all, sub_comms
 
@@ -465,7 +466,7 @@ def craft(src, dst, edit):
 def set_value(name, value):
     """An edit that stores `value` as dataset `name`, with its checksum, as
     the writer would (kind and shape attributes from the value)."""
-    from mpidsgd.checkpoint import encode, write_array
+    from mpidsgd.checkpoint.format import encode, write_array
 
     def edit(f):
         parent, key = name.rsplit("/", 1)

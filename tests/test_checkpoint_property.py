@@ -31,7 +31,7 @@ def one_rank(tmp_path_factory):
     matches it (the loaders are called directly: no subprocess per example)."""
     from mpi4py import MPI
     from mpidsgd import train
-    from mpidsgd.checkpoint import CheckpointManager
+    from mpidsgd.checkpoint.manager import CheckpointManager
     from mpidsgd.topology import Topology
     out = tmp_path_factory.mktemp("one")
     rc, o, e = launch(out, {"run.steps": 6, "checkpoint.every": 6}, n=1)
@@ -40,8 +40,9 @@ def one_rank(tmp_path_factory):
     args = train.parse_args([x for k, v in sets.items() for x in ("--set", f"{k}={v}")])
     topo = Topology(MPI.COMM_SELF)
     cfg, ctx = train.setup(args, topo)
-    ctx["meter"] = train.Meter()
-    return str(out / "checkpoints" / "ckpt-6.h5"), CheckpointManager(cfg, topo, ctx, QuietLog())
+    ckpt = CheckpointManager(cfg, topo, QuietLog(), algo=ctx["algo"], shard=ctx["data"].train,
+                             backend=ctx["backend"], channel=ctx["channel"], meter=train.Meter())
+    return str(out / "checkpoints" / "ckpt-6.h5"), ckpt
 
 
 def targets(path):
@@ -89,7 +90,7 @@ def rewrite(f, name, how, pick):
 @hypothesis.settings(max_examples=120, deadline=None, derandomize=True, database=None)
 @hypothesis.given(data=st.data())
 def test_mutated_checkpoints_are_refused_cleanly_or_loaded(one_rank, data, tmp_path_factory):
-    from mpidsgd.checkpoint import CheckpointError
+    from mpidsgd.errors import CheckpointError
     path, mgr = one_rank
     target = data.draw(st.sampled_from(targets(path)))
     how = data.draw(st.sampled_from(["dtype", "shape", "value", "kind", "delete"]))

@@ -14,10 +14,10 @@ import pytest
 from mpi4py import MPI
 
 from mpidsgd.backend import Backend
+from mpidsgd.comm.agree import agreed
 from mpidsgd.comm.channel import Channel
 from mpidsgd.config import Config, ConfigError
 from mpidsgd.data import load_data, synthetic
-from mpidsgd.data.collective import agree_errors
 from mpidsgd.data.files import split_rows
 from mpiutil import assert_all, sub_comms
 
@@ -124,7 +124,7 @@ def test_errors_are_raised_alike_on_every_rank():
             raise ConfigError("data.path /x.h5: broken on rank 1")
         return COMM.rank
     try:
-        agree_errors(ch, fail_on_1)
+        agreed(ch, fail_on_1)
         msg = None
     except ConfigError as e:
         msg = str(e)

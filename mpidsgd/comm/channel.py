@@ -291,14 +291,3 @@ class Channel:
         if done:
             done()
         return buf
-
-
-def agree_error(comm, message):
-    """Collective: every rank learns the first rank's error message (or None).
-
-    Used at start-up so that invalid input is decided the same way on every
-    rank, even when only one rank saw the problem (a file missing on one node).
-    Runs on the raw communicator: it precedes the Channel and books nothing.
-    """
-    msgs = comm.allgather(message)
-    return next((m for m in msgs if m), None)

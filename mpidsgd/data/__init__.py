@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import synthetic
+from ..comm.agree import agreed
 from ..config import ConfigError
-from .collective import agree_errors, agree_labels, agree_steps
+from .collective import agree_labels, agree_steps
 from .files import Local, read_local
 from .normalize import feature_stats, standardize
 from .shard import Shard, shard_range, train_part, train_range
@@ -110,7 +111,8 @@ def load_data(cfg, channel, backend, task=None, skip: int = 0) -> Dataset:
             return synthetic_local(c, r, p, pt, task)
     else:
         reader = read_local
-    local = agree_errors(channel, lambda: reader(cfg, channel.rank, channel.size, part))
+    with channel.phase("setup"):
+        local = agreed(channel, lambda: reader(cfg, channel.rank, channel.size, part))
     n_outputs, classes = _labels(cfg, local, channel, task)
     mean = std = None
     if cfg.data.normalize:

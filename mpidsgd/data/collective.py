@@ -1,7 +1,8 @@
 """The few collective decisions of data loading, all booked under `setup`.
 
 Each returns the same value (or raises the same ConfigError) on every rank of
-the channel, so no rank ever leaves data loading alone.
+the channel, so no rank ever leaves data loading alone (an error seen by one
+rank only is agreed on by comm/agree.py).
 """
 from __future__ import annotations
 
@@ -9,30 +10,6 @@ import numpy as np
 from mpi4py import MPI
 
 from ..config import ConfigError
-
-MESSAGE_BYTES = 1024   # longest error message passed between ranks
-
-
-def agree_errors(channel, fn):
-    """Run `fn()` on every rank; if it raised ConfigError anywhere, raise the
-    message of the lowest failing rank on every rank. Other exceptions (bugs)
-    propagate as they are: the job aborts."""
-    msg = None
-    try:
-        out = fn()
-    except ConfigError as e:
-        out, msg = None, str(e)
-    with channel.phase("setup"):
-        first, = channel.allreduce_values([channel.size if msg is None else channel.rank], op=MPI.MIN)
-        first = int(first)
-        if first < channel.size:
-            buf = np.zeros(MESSAGE_BYTES, dtype=np.uint8)
-            if channel.rank == first:
-                raw = msg.encode("utf-8")[:MESSAGE_BYTES]
-                buf[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-            channel.Bcast(buf, root=first)
-            raise ConfigError(buf.tobytes().rstrip(b"\0").decode("utf-8", errors="ignore"))
-    return out
 
 
 def agree_steps(n_local: int, batch_size: int, channel, holds: bool = True) -> int:

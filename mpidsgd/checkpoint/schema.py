@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .config import ConfigError
+from ..errors import CheckpointError
 
 COUNT_MAX = 2 ** 53      # counts stay below this: float64 represents them exactly
 ANY = object()           # Rule.equal: no required value
@@ -30,10 +30,6 @@ KINDS = ("none", "bool", "int", "float", "str", "npscalar", "array")
 # state values that count things: non-negative wherever they appear
 COUNTS = {"step", "samples", "epoch", "pos", "loss_n", "syncs", "pushes", "skipped", "merged",
           "mixing_steps", "adam_t", "sag_h", "pending", "synced", "h"}
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be used: damaged, incompatible or missing."""
 
 
 @dataclass

@@ -1,10 +1,10 @@
-"""HDF5 checkpoints: atomic writes, exact resume, `python -m mpidsgd.checkpoint info FILE`.
+"""The checkpoint file: its HDF5 layout, reading it back, verify and info.
 
 One file per checkpoint, `<checkpoint.dir>/ckpt-<step>.h5`:
 
     attributes   format, format_version, mpidsgd_version, config (resolved TOML),
                  algorithm, synchronous, world_size, step, epoch, model,
-                 param_count, dtype, created
+                 param_count, dtype, layout (every view of the parameters), created
     /shared/<k>              algorithm state identical on every rank (written once)
     /ranks/<r>/algo/<k>      the algorithm's per-rank state
     /ranks/<r>/data/<k>      the shard's position in the data order
@@ -16,10 +16,9 @@ attribute says how to give the value back (array, int, float, bool, str,
 none, or a NumPy scalar of the stored dtype). No pickle: a file holds numbers
 and text only and cannot execute code when read.
 
-Rank 0 writes: it gathers every rank's packed state over a private
-communicator (booked under the phase "checkpoint", so train traffic stays
-exact), writes `.ckpt-<step>.h5.tmp` in the same folder, fsyncs it and
-`os.replace`s it into place, so a crash never damages an older checkpoint.
+Rank 0 writes the file (manager.py): `.ckpt-<step>.h5.tmp` in the same
+folder, fsynced and `os.replace`d into place, so a crash never damages an
+older checkpoint.
 """
 from __future__ import annotations
 
@@ -30,20 +29,15 @@ import sys
 
 import numpy as np
 
-from .checkpoint_schema import CheckpointError, stored_problem
+from ..errors import CheckpointError
+from .schema import stored_problem
 
-__all__ = ["CheckpointError", "AgreedError", "encode", "decode", "pack", "unpack", "verify",
-           "info", "list_checkpoints", "read_group", "read_value"]
+__all__ = ["encode", "decode", "pack", "unpack", "verify", "info", "list_checkpoints",
+           "read_group", "read_value"]
 
 FORMAT = "mpidsgd-checkpoint"
 FORMAT_VERSION = 1
 NAME = re.compile(r"^ckpt-(\d+)\.h5$")
-TAG = 0x5CE          # point-to-point tag on the checkpoint communicator
-CHUNK = 1 << 28      # bytes per message: large states go in pieces
-
-
-class AgreedError(RuntimeError):
-    """Raised identically on every rank; train prints it once and exits 1."""
 
 
 # -- values <-> 1-D arrays ----------------------------------------------------------
@@ -99,6 +93,17 @@ def flatten(d: dict, prefix: str = "") -> dict:
             out.update(flatten(v, key + "/"))
         else:
             out[key] = v
+    return out
+
+
+def unflatten(flat: dict) -> dict:
+    """{"a/b": v} -> {"a": {"b": v}} (the inverse of flatten)."""
+    out = {}
+    for key, v in flat.items():
+        node, parts = out, key.split("/")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
     return out
 
 
@@ -278,26 +283,3 @@ def info(path: str, out=None) -> int:
         return 1 if datasets else 2
     p(f"verdict: valid, all {len(datasets)} dataset checksums verify")
     return 0
-
-
-def main(argv=None) -> int:
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m mpidsgd.checkpoint",
-                                 description="Inspect mpidsgd HDF5 checkpoints.")
-    cmd = ap.add_subparsers(dest="cmd", required=True)
-    i = cmd.add_parser("info", help="print layout, attributes and whether every checksum verifies")
-    i.add_argument("file")
-    args = ap.parse_args(argv)
-    return info(args.file)
-
-
-def __getattr__(name):
-    """`from mpidsgd.checkpoint import CheckpointManager` (the collective part
-    lives in checkpoint_manager.py and needs MPI; `info` does not)."""
-    if name == "CheckpointManager":
-        from .checkpoint_manager import CheckpointManager
-        return CheckpointManager
-    raise AttributeError(name)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,8 +4,8 @@ save():   every rank packs its per-rank state; rank 0 gathers it over a private
           communicator (phase "checkpoint") and writes one HDF5 file atomically.
           A folder without the space for it is one error on every rank: the
           temporary file is removed and the newest good checkpoint stays.
-resume(): see checkpoint_resume.py (rank 0 picks a file; every value is checked
-          by checkpoint_schema.py before anything is loaded).
+resume(): see resume.py (rank 0 picks a file; every value is checked by
+          schema.py before anything is loaded).
 """
 from __future__ import annotations
 
@@ -16,25 +16,32 @@ import time
 
 import numpy as np
 
-from . import __version__
-from . import config as C
-from .checkpoint import (CHUNK, FORMAT, FORMAT_VERSION, TAG, AgreedError, encode, flatten,
-                         fsync_path, list_checkpoints, step_of, unpack_arrays, pack, write_array)
-from .checkpoint_disk import (RESUME_HINT, GuardedFile, check_writable, estimate_bytes,
-                              free_bytes, no_space, remove_quietly)
-from .checkpoint_resume import Resume
-from .checkpoint_schema import CheckpointError, layout_of
-from .comm.channel import agree_error
+from .. import __version__
+from .. import config as C
+from ..comm.agree import agree_error, agreed
+from ..errors import AgreedError, CheckpointError
+from .disk import (RESUME_HINT, GuardedFile, check_writable, estimate_bytes, free_bytes,
+                   no_space, remove_quietly)
+from .format import (FORMAT, FORMAT_VERSION, encode, flatten, fsync_path, list_checkpoints,
+                     pack, step_of, unpack_arrays, write_array)
+from .resume import Resume
+from .schema import layout_of
+from .transfer import recv_packed, send_packed
 
 
 class CheckpointManager(Resume):
-    """Collective checkpoint writer/reader for one run (see module doc)."""
+    """Collective checkpoint writer/reader for one run (see module doc).
 
-    def __init__(self, cfg, topo, ctx, log):
+    algo, shard, backend, channel: the run's algorithm, training shard,
+    backend and main channel; meter: the running loss (train.Meter) or None.
+    log: says lines on rank 0, records checkpoints (`failed`: a lost record).
+    """
+
+    def __init__(self, cfg, topo, log, *, algo, shard, backend, channel, meter=None):
         self.cfg, self.topo, self.log = cfg, topo, log
-        self.algo, self.shard = ctx["algo"], ctx["data"].train
-        self.backend, self.meter = ctx["backend"], ctx.get("meter")
-        self.main = ctx["channel"]
+        self.algo, self.shard = algo, shard
+        self.backend, self.meter = backend, meter
+        self.main = channel
         # a private communicator: our point-to-point traffic can never be
         # matched by an algorithm's wildcard receive
         self.ch = self.main.split(0)
@@ -46,15 +53,10 @@ class CheckpointManager(Resume):
     def check_dir(self):
         """Collective, at start-up: checkpoint.dir can be written (else one
         line, exit 2, before any step is taken)."""
-        err = None
-        if self.topo.is_root:
-            try:
+        def probe():
+            if self.topo.is_root:
                 check_writable(self.dir, "checkpoint.dir")
-            except CheckpointError as exc:
-                err = str(exc)
-        err = agree_error(self.topo.world, err)
-        if err:
-            raise CheckpointError(err)
+        agreed(self.topo.world, probe, error=CheckpointError)
 
     # -- when -----------------------------------------------------------------------
     def due(self) -> bool:
@@ -121,7 +123,7 @@ class CheckpointManager(Resume):
             if self.topo.is_root:
                 err = self._write_root(state["shared"], header, payload, sizes, asnp)
             else:
-                self._send(header, payload)
+                send_packed(self.ch, 0, header, payload)
                 err = None
         err = agree_error(self.topo.world, err)
         if err:
@@ -132,19 +134,6 @@ class CheckpointManager(Resume):
 
     def _newest_name(self):
         return f"ckpt-{self.last_step}.h5" if self.last_step else "none yet"
-
-    def _send(self, header, payload):
-        self.ch.Send(np.frombuffer(header, np.uint8), 0, TAG)
-        for a in range(0, payload.size, CHUNK):
-            self.ch.Send(payload[a:a + CHUNK], 0, TAG)
-
-    def _recv(self, r, sizes):
-        header = np.empty(int(sizes[r, 0]), np.uint8)
-        self.ch.Recv(header, r, TAG)
-        payload = np.empty(int(sizes[r, 1]), np.uint8)
-        for a in range(0, payload.size, CHUNK):
-            self.ch.Recv(payload[a:a + CHUNK], r, TAG)
-        return header.tobytes(), payload
 
     def _write_root(self, shared, header, payload, sizes, asnp):
         """Rank 0: write the file; always drain every rank's messages, so a
@@ -173,7 +162,7 @@ class CheckpointManager(Resume):
         except Exception as exc:     # noqa: BLE001  any failure: report it, drain, clean up
             err = self._why(exc, need)
         for r in range(1, self.topo.size):
-            h, p = self._recv(r, sizes)
+            h, p = recv_packed(self.ch, r, sizes[r, 0], sizes[r, 1])
             if err is None:
                 try:
                     self._write_rank(f, g, r, h, p)

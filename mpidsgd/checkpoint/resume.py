@@ -1,10 +1,10 @@
 """The resume half of CheckpointManager (a mixin; the manager holds cfg, topo,
-algo, shard, channels and the log).
+algo, shard, backend, meter, channels and the log).
 
 Rank 0 picks a file and checks what the file alone can tell (attributes,
 algorithm, world size, model section and layout, the groups every rank needs);
 it then broadcasts the shared state and sends each rank its own. Every rank
-checks every value it received against its live state (checkpoint_schema.py)
+checks every value it received against its live state (schema.py)
 before loading anything, so a bad field is one line on every rank, exit 2.
 """
 from __future__ import annotations
@@ -15,12 +15,13 @@ import os
 
 import numpy as np
 
-from . import config as C
-from .checkpoint import (CHUNK, FORMAT_VERSION, TAG, flatten, list_checkpoints, pack, read_group,
-                         sub, unpack, verify)
-from .checkpoint_schema import (CheckpointError, attribute_rules, check, check_local, check_model,
-                                data0_rules, local_rules, template)
-from .comm.channel import agree_error
+from ..comm.agree import agreed
+from ..errors import CheckpointError, ConfigError
+from .format import (FORMAT_VERSION, flatten, list_checkpoints, pack, read_group, sub,
+                     unflatten, unpack, verify)
+from .schema import (attribute_rules, check, check_local, check_model, data0_rules, local_rules,
+                     template)
+from .transfer import TAG, bcast_bytes, recv_packed, send_packed
 
 
 class Resume:
@@ -30,36 +31,18 @@ class Resume:
         """Collective: restore from `arg` ("auto" or a file). Returns the step
         resumed from, or None (auto found nothing: a fresh start). Raises the
         same CheckpointError on every rank when the file cannot be used."""
-        meta, err = None, None
-        if self.topo.is_root:
-            try:
-                meta = self._choose(arg)
-            except CheckpointError as exc:
-                err = str(exc)
-            except (KeyError, OSError, ValueError, TypeError, AttributeError) as exc:
-                # a file that verifies but lacks what a checkpoint must have
-                err = f"--resume {arg}: not a usable checkpoint: {exc!r}"
-        err = agree_error(self.topo.world, err)
-        if err:
-            raise CheckpointError(err)
+        meta = agreed(self.topo.world, lambda: self._choose(arg) if self.topo.is_root else None,
+                      error=CheckpointError)
         with self.main.phase("checkpoint"), self.ch.phase("checkpoint"):
-            meta = json.loads(self._bcast_bytes(json.dumps(meta).encode() if meta else b""))
+            mine = json.dumps(meta).encode() if meta else b""
+            meta = json.loads(bcast_bytes(self.ch, mine, self.topo.is_root))
             if meta.get("path") is None:
                 self.log.say(f"mpidsgd: no valid checkpoint in {self.dir}; starting from step 0")
                 if hasattr(self.log, "rewind"):
                     self.log.rewind(0)      # records of a run that left no checkpoint
                 return None
             shared, local = self._distribute(meta)
-        err = None
-        try:
-            self._apply(meta, shared, local)
-        except CheckpointError as exc:
-            err = str(exc)
-        except (C.ConfigError, KeyError, ValueError, TypeError) as exc:
-            err = f"checkpoint {meta['path']} does not fit this run: {exc}"
-        err = agree_error(self.topo.world, err)
-        if err:
-            raise CheckpointError(err)
+        agreed(self.topo.world, lambda: self._apply(meta, shared, local), error=CheckpointError)
         self.last_step = self.algo.step_count
         if hasattr(self.log, "rewind"):
             self.log.rewind(self.algo.step_count)
@@ -68,6 +51,15 @@ class Resume:
 
     def _choose(self, arg):
         """Rank 0: the file to use and what the other ranks must know."""
+        try:
+            return self._pick(arg)
+        except CheckpointError:
+            raise
+        except (KeyError, OSError, ValueError, TypeError, AttributeError) as exc:
+            # a file that verifies but lacks what a checkpoint must have
+            raise CheckpointError(f"--resume {arg}: not a usable checkpoint: {exc!r}") from None
+
+    def _pick(self, arg):
         if arg == "auto":
             for path in list_checkpoints(self.dir):
                 attrs, _, problems = verify(path)
@@ -122,14 +114,6 @@ class Resume:
         if names != sorted(str(r) for r in range(saved_p)):
             raise CheckpointError(f"{where}: /ranks holds {names[:8]}, expected 0 .. {saved_p - 1}")
 
-    def _bcast_bytes(self, data: bytes) -> bytes:
-        n = np.array([len(data)], np.int64)
-        self.ch.Bcast(n)
-        buf = np.frombuffer(data, np.uint8).copy() if self.topo.is_root else np.empty(int(n[0]), np.uint8)
-        for a in range(0, buf.size, CHUNK):
-            self.ch.Bcast(buf[a:a + CHUNK])
-        return buf.tobytes()
-
     def _distribute(self, meta):
         """Shared state to everyone; /ranks/<r> to rank r (same world size)."""
         import h5py
@@ -140,7 +124,7 @@ class Resume:
                 blob = len(header).to_bytes(8, "little") + header + payload.tobytes()
             else:
                 blob = b""
-            blob = self._bcast_bytes(blob)
+            blob = bcast_bytes(self.ch, blob, self.topo.is_root)
             hl = int.from_bytes(blob[:8], "little")
             shared = unpack(blob[8:8 + hl], np.frombuffer(blob[8 + hl:], np.uint8))
             if meta["reshard"]:
@@ -149,30 +133,17 @@ class Resume:
                 for r in range(1, self.topo.size):
                     header, payload = pack(read_group(f[f"ranks/{r}"]))
                     self.ch.Send(np.array([len(header), payload.size], np.int64), r, TAG)
-                    self._send_to(r, header, payload)
+                    send_packed(self.ch, r, header, payload)
                 local = read_group(f["ranks/0"])
             else:
                 n = np.empty(2, np.int64)
                 self.ch.Recv(n, 0, TAG)
-                header, payload = self._recv_from(0, n)
+                header, payload = recv_packed(self.ch, 0, n[0], n[1])
                 local = unpack(header, payload)
             return shared, local
         finally:
             if f is not None:
                 f.close()
-
-    def _send_to(self, r, header, payload):
-        self.ch.Send(np.frombuffer(header, np.uint8), r, TAG)
-        for a in range(0, payload.size, CHUNK):
-            self.ch.Send(payload[a:a + CHUNK], r, TAG)
-
-    def _recv_from(self, r, n):
-        header = np.empty(int(n[0]), np.uint8)
-        self.ch.Recv(header, r, TAG)
-        payload = np.empty(int(n[1]), np.uint8)
-        for a in range(0, payload.size, CHUNK):
-            self.ch.Recv(payload[a:a + CHUNK], r, TAG)
-        return header.tobytes(), payload
 
     def _check_state(self, meta, shared, local):
         """Every value against the live run, before anything is loaded."""
@@ -190,7 +161,17 @@ class Resume:
         check_local(where, local, rules, self.topo.rank, step if isinstance(step, int) else 0)
 
     def _apply(self, meta, shared, local):
-        """Every rank: check, then load what it received into the live objects."""
+        """Every rank: check, then load what it received into the live objects
+        (a value that does not fit is a CheckpointError naming the file)."""
+        try:
+            self._load(meta, shared, local)
+        except CheckpointError:
+            raise
+        except (ConfigError, KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {meta['path']} does not fit this run: {exc}") from None
+
+    def _load(self, meta, shared, local):
+        """Check every value, then load it into the live objects."""
         algo = self.algo
         self._check_state(meta, shared, local)
         if meta["reshard"]:
@@ -214,14 +195,3 @@ class Resume:
         spe = self.shard.steps_per_epoch
         pos = math.floor(d0["pos"] * spe / max(d0["steps_per_epoch"], 1))
         self.shard.epoch, self.shard.pos = d0["epoch"], min(pos, spe - 1)
-
-
-def unflatten(flat: dict) -> dict:
-    """{"a/b": v} -> {"a": {"b": v}} (the inverse of flatten)."""
-    out = {}
-    for key, v in flat.items():
-        node, parts = out, key.split("/")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return out

@@ -17,7 +17,7 @@ import io
 import os
 import tempfile
 
-from .checkpoint_schema import CheckpointError
+from ..errors import AgreedError, CheckpointError
 
 # HDF5's own bytes: superblock, object headers, chunk indexes, attributes
 FILE_OVERHEAD = 64 * 1024
@@ -196,8 +196,7 @@ def write_summary(topo, log, path: str, summary: dict):
     that rank 0 could not write (a metrics record, this file) becomes the same
     error on every rank (AgreedError: one line, exit code 1)."""
     import json
-    from .checkpoint import AgreedError
-    from .comm.channel import agree_error
+    from ..comm.agree import agree_error     # needs MPI: imported only when used
     err = getattr(log, "failed", None) if topo.is_root else None
     if topo.is_root and err is None:
         text = json.dumps(summary, indent=2)
