@@ -9,7 +9,8 @@ from mpi4py import MPI
 
 from mpidsgd import config as C
 from mpidsgd.algorithms import REGISTRY
-from mpidsgd.algorithms.vrbase import DRAW, Tableau, check_vr_config
+from mpidsgd.algorithms.tableau import Tableau
+from mpidsgd.algorithms.vrbase import DRAW, check_vr_config
 from mpidsgd.data.shard import Shard
 from mpidsgd.models import build_model
 from mpidsgd.topology import Topology

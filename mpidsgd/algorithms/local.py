@@ -295,8 +295,8 @@ class PeriodicAveraging(Algorithm):
         local = {"samples": self.samples, "x_local": self.params,
                  "mixing_steps": self.mixing_steps}
         if self.outer is not None:
-            shared.update({f"outer_{k}": v for k, v in self.outer.state_dict().items()})
-        local.update({f"inner_{k}": v for k, v in self.inner.state_dict().items()})
+            shared.update(self.outer.state_dict(prefix="outer_"))
+        local.update(self.inner.state_dict(prefix="inner_"))
         if self.overlap:
             # always present (checkpoints compare key sets); meaningful while pending
             shared["pending_delta"] = self.buf      # the mean: identical on every rank
@@ -311,7 +311,7 @@ class PeriodicAveraging(Algorithm):
         self.sync_step = int(sh["sync_step"])
         self.xbar[...] = xp.asarray(sh["params"])
         if self.outer is not None:
-            self.outer.load_state_dict({k[6:]: v for k, v in sh.items() if k.startswith("outer_")})
+            self.outer.load_state_dict(sh, prefix="outer_")
         self.pending = bool(int(sh["pending"]))
         self.reduced = self.pending
         self.req = None
@@ -328,7 +328,7 @@ class PeriodicAveraging(Algorithm):
         self.samples = int(lo["samples"])
         self.mixing_steps = int(lo["mixing_steps"])
         self.synced = bool(int(sh["synced"]))
-        self.inner.load_state_dict({k[6:]: v for k, v in lo.items() if k.startswith("inner_")})
+        self.inner.load_state_dict(lo, prefix="inner_")
         if self.pending:
             self.snap[...] = xp.asarray(lo["snapshot"])
 
