@@ -10,9 +10,10 @@ from mpi4py import MPI
 from mpidsgd import config as C
 
 from mpidsgd.catalog import load_config, config_from_dict
-from mpidsgd.algorithms.vrbase import DRAW, Tableau
+from mpidsgd.algorithms.tableau import Tableau
+from mpidsgd.algorithms.vrbase import DRAW
 from mpidsgd.data.shard import Shard
-from mpidsgd.models import build_model
+from mpidsgd.models import MODELS, build_model
 from mpidsgd.topology import Topology
 from mpidsgd.train import build
 from centralvr_ref import derivs, grad_sum, simulate
@@ -57,6 +58,22 @@ def test_world_size_and_model_checks():
     tables["algo"] = {"name": "centralvr", "table": "samples"}
     with pytest.raises(C.ConfigError, match=r"algo\.table"):
         config_from_dict(tables)
+
+
+def test_torch_model_is_refused_by_its_capability(monkeypatch):
+    cfg = cfg_with()
+    cfg.model.name = "torch"
+    line = ("algo.name = 'centralvr' needs per-sample derivatives, which a torch model "
+            "(model.name = 'torch') does not provide; use a non-VR algorithm")
+    with pytest.raises(C.ConfigError) as err:
+        cfg.algo.options.validate(cfg, 2)
+    assert str(err.value) == line
+    # the capability decides, not the name: an mlp that lacked it is refused too
+    cfg.model.name = "mlp"
+    cfg.algo.options.validate(cfg, 2)
+    monkeypatch.setattr(MODELS["mlp"], "stored_gradients", False)
+    with pytest.raises(C.ConfigError, match=r"which a mlp model \(model\.name = 'mlp'\)"):
+        cfg.algo.options.validate(cfg, 2)
 
 
 @pytest.mark.parametrize("name, C_", [("ridge", None), ("logreg", None), ("softmax", 3)])

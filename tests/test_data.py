@@ -345,3 +345,13 @@ def test_iter_batches_covers_everything_once_in_order():
     assert np.array_equal(np.concatenate([p[1] for p in parts]), np.arange(100))
     assert (s.epoch, s.pos) == (0, 1)                  # a full pass leaves the order alone
     assert len(list(s.iter_batches())) == 4            # default: the shard's batch size
+
+
+def test_shard_advance_moves_the_order_like_next_batch():
+    X, y = np.arange(40.0).reshape(20, 2), np.arange(20.0)
+    a, b = (Shard(X, y, np.arange(20), 4, 5, seed=3) for _ in range(2))
+    for _ in range(7):
+        a.next_batch()
+        b.advance()
+    assert (a.epoch, a.pos) == (b.epoch, b.pos) == (1, 2)
+    np.testing.assert_array_equal(a.next_batch()[2], b.next_batch()[2])

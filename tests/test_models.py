@@ -242,6 +242,35 @@ def test_sample_derivs_are_per_sample_loss_derivatives(case):
     assert D is not model.sample_derivs(params, X, y)   # a new array: safe to store
 
 
+# -- capabilities: what algorithms may ask of a model ------------------------------
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_capabilities_are_declared_per_model(case):
+    model = make(case)[0]
+    assert model.per_sample_derivs == (case in LINEAR)
+    assert model.stored_gradients
+    assert model.closed_form_optimum == (model.name == "ridge")
+
+
+@pytest.mark.parametrize("case", LINEAR)
+def test_loss_and_derivs_gives_the_data_loss_and_sample_derivs(case):
+    model, params, X, y = make(case, l2=0.25, batch=5)
+    loss, D = model.loss_and_derivs(params, X, y)
+    assert isinstance(loss, float)
+    # the DATA loss: loss() minus its L2 term
+    assert loss == pytest.approx(model.loss(params, X, y) - 0.125 * params @ params, rel=1e-12)
+    np.testing.assert_array_equal(D, model.sample_derivs(params, X, y))
+    assert D.shape == model.derivs_shape(5)
+
+
+def test_ridge_quadratic_terms_give_the_summed_data_loss():
+    model, params, X, y = make("ridge", l2=0.0, batch=9)
+    M, r, yy = model.quadratic_terms(X, y)
+    assert M.dtype == r.dtype == np.float64
+    q = 0.5 * (params @ M @ params - 2 * r @ params + yy)
+    assert q == pytest.approx(9 * model.loss(params, X, y), rel=1e-12)
+
+
 # -- buffers: overwrite, reuse across batch sizes --------------------------------
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -46,3 +46,22 @@ def test_schedules():
     assert math.isclose(c(7), 0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
     s = schedule("step", 1.0, total_steps=10, step_every=3, gamma=0.5)
     assert [s(t) for t in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(4, np.float64, np, momentum=0.9),
+                                  lambda: AdamW(4, np.float64, np)], ids=["sgd", "adamw"])
+def test_prefixed_state_names_and_restores_only_its_own_keys(make):
+    rng = np.random.default_rng(2)
+    a, x = make(), rng.normal(size=4)
+    for _ in range(3):
+        a.step(x, rng.normal(size=4), 0.1)
+    st = a.state_dict(prefix="inner_")
+    assert st and set(st) == {"inner_" + k for k in a.state_dict()}
+    # restored from a section that also holds another optimizer's keys
+    b = make()
+    other = {"outer_" + k: np.full(4, 7.0) if np.ndim(v) else 99 for k, v in a.state_dict().items()}
+    b.load_state_dict({**{k: np.copy(v) for k, v in st.items()}, **other}, prefix="inner_")
+    xa, xb, g = x.copy(), x.copy(), rng.normal(size=4)
+    a.step(xa, g, 0.1)
+    b.step(xb, g, 0.1)
+    np.testing.assert_array_equal(xa, xb)

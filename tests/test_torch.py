@@ -114,7 +114,8 @@ def test_the_example_job_trains_its_cnn(tmp_path):
 def test_the_core_never_imports_torch_for_builtin_models():
     import subprocess
     import sys
-    code = ("import sys\nfrom mpidsgd import bench, config as C\nfrom mpidsgd.train import build\n"
+    code = ("import sys\nfrom mpidsgd import bench\nfrom mpidsgd.catalog import config_from_dict\n"
+            "from mpidsgd.train import build\n"
             "from mpidsgd.topology import Topology\n"
             "ctx = build(config_from_dict({'run': {'steps': 2}, 'data': {'n_samples': 256, 'n_test': 32}}),"
             " Topology())\nctx['algo'].step(ctx['data'].train)\n"

@@ -2,7 +2,7 @@
 per step and one exchange per epoch; modes single, sync and async.
 
 Objective f(x) = (1/N) Σ_i f_i(x) + (l2/2)||x||². Each rank keeps a tableau T
-of the last data gradient of every sample of its shard (vrbase.Tableau) and the
+of the last data gradient of every sample of its shard (tableau.py) and the
 average ḡ of the previous epoch's gradients, frozen for a whole epoch:
 
     epoch 0 (fill): g = ∇f_i(x); T[i] = g; x -= lr (g + l2 x)
@@ -64,18 +64,8 @@ class CentralVR(VRBase):
 
     # -- the worker's step -----------------------------------------------------------
     def update(self, X, y, ids):
-        tab, v, x = self.tab, self.v, self.params
-        loss, E = self.evaluate(x, X, y)
-        if self.epoch == 0:
-            tab.data_grad(X, E, v)
-        else:
-            tab.correction(X, E, ids, v)
-            v += self.gbar
-        if self.l2:
-            v += self.l2 * x
-        x -= self.lr() * v
-        tab.store(ids, E)
-        return loss
+        # the correction is anchored at ḡ, frozen for the epoch
+        return self.tableau_step(X, y, ids, self.gbar)
 
     def begin_epoch(self, shard):
         # async: the worker's shard gradient at the x it starts from (stale metric)

@@ -31,43 +31,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..comm.dense import allreduce_mean, iallreduce_sum
 from ..config import ConfigError, doc
 from ..optim import SGD, schedule
 from .base import Algorithm, StepInfo, register
-
-DRAWS = 0x9A15      # stream tag of the PALSGD mixing draws
-BLOCK = 4096        # draws generated at once (one generator per block, not per step)
-
-
-def draw_block(seed: int, block: int, rank: int, same_draws: bool) -> np.ndarray:
-    """U[0, 1) of local steps block*BLOCK ... (block+1)*BLOCK - 1 on `rank`
-    (the same on every rank with same_draws): a pure function of its key."""
-    key = [int(seed), DRAWS, int(block)] + ([] if same_draws else [1, int(rank)])
-    return np.random.default_rng(key).random(BLOCK)
-
-
-class MixingDraws:
-    """u(τ) for local step τ; keeps the current block only, so there is no
-    state to checkpoint: a resumed run redraws exactly the same values."""
-
-    def __init__(self, seed: int, rank: int, same_draws: bool):
-        self.key = (seed, rank, same_draws)
-        self.block, self.values = -1, None
-
-    def __call__(self, tau: int) -> float:
-        b = tau // BLOCK
-        if b != self.block:
-            seed, rank, same = self.key
-            self.block, self.values = b, draw_block(seed, b, rank, same)
-        return float(self.values[tau % BLOCK])
-
-
-def mixing_draw(seed: int, tau: int, rank: int, same_draws: bool) -> float:
-    """u(τ) on `rank`, without a cache (for tests and tools)."""
-    return float(draw_block(seed, tau // BLOCK, rank, same_draws)[tau % BLOCK])
+from .mixing import MixingDraws
 
 
 def peak_lr(algo_cfg) -> float:
@@ -295,8 +263,8 @@ class PeriodicAveraging(Algorithm):
         local = {"samples": self.samples, "x_local": self.params,
                  "mixing_steps": self.mixing_steps}
         if self.outer is not None:
-            shared.update({f"outer_{k}": v for k, v in self.outer.state_dict().items()})
-        local.update({f"inner_{k}": v for k, v in self.inner.state_dict().items()})
+            shared.update(self.outer.state_dict(prefix="outer_"))
+        local.update(self.inner.state_dict(prefix="inner_"))
         if self.overlap:
             # always present (checkpoints compare key sets); meaningful while pending
             shared["pending_delta"] = self.buf      # the mean: identical on every rank
@@ -311,7 +279,7 @@ class PeriodicAveraging(Algorithm):
         self.sync_step = int(sh["sync_step"])
         self.xbar[...] = xp.asarray(sh["params"])
         if self.outer is not None:
-            self.outer.load_state_dict({k[6:]: v for k, v in sh.items() if k.startswith("outer_")})
+            self.outer.load_state_dict(sh, prefix="outer_")
         self.pending = bool(int(sh["pending"]))
         self.reduced = self.pending
         self.req = None
@@ -328,7 +296,7 @@ class PeriodicAveraging(Algorithm):
         self.samples = int(lo["samples"])
         self.mixing_steps = int(lo["mixing_steps"])
         self.synced = bool(int(sh["synced"]))
-        self.inner.load_state_dict({k[6:]: v for k, v in lo.items() if k.startswith("inner_")})
+        self.inner.load_state_dict(lo, prefix="inner_")
         if self.pending:
             self.snap[...] = xp.asarray(lo["snapshot"])
 

@@ -34,20 +34,9 @@ class SAGA(VRBase):
             self.a[...] = self.gbar
 
     def update(self, X, y, ids):
-        tab, v, x = self.tab, self.v, self.params
-        loss, E = self.evaluate(x, X, y)
-        if self.epoch == 0:
-            tab.data_grad(X, E, v)
-        else:
-            tab.correction(X, E, ids, v)
-            v += self.a
-        if self.l2:
-            v += self.l2 * x
-        x -= self.lr() * v
-        if self.epoch > 0:
-            self.update_mean(X, E, ids)
-        tab.store(ids, E)
-        return loss
+        # the correction is anchored at the running mean a, moved before each store
+        return self.tableau_step(X, y, ids, self.a,
+                                 on_fresh=self.update_mean if self.epoch > 0 else None)
 
     def update_mean(self, X, E, ids):
         """a += (1/slots) Σ over DISTINCT ids of (fresh - stored) entries."""

@@ -1,6 +1,7 @@
 """What the variance-reduced methods (centralvr, saga, svrg) share: options, the
-gradient tableau, batch drawing, the per-epoch weighted average, the exact
-full-gradient metric, and checkpoint state.
+tableau step (the tableau itself: tableau.py), batch drawing, the per-epoch
+weighted average and checkpoint state; the exact full gradient and its
+metric are in vrgrad.py.
 
 Each step takes one batch; a local epoch is `shard.steps_per_epoch` steps. At
 the end of an epoch (and at the last step of the run) `end_epoch` exchanges
@@ -19,10 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import ConfigError, doc
+from ..models import MODELS, model_class
 from .base import Algorithm, StepInfo
+from .tableau import Tableau
+from .vrgrad import ExactGradient
 
 DRAW = 0x5A9        # stream tag: with-replacement draws and block orders
-LINEAR = ("ridge", "logreg", "softmax")
 
 
 @dataclass
@@ -38,17 +41,18 @@ class VROptions:
 
     def validate(self, cfg, world_size=None):
         """The family's rules, decided alike on every rank."""
-        name = cfg.algo.name
-        if cfg.model.name == "torch":
-            raise ConfigError(f"algo.name = {name!r} needs per-sample derivatives, which a torch "
-                              f"model (model.name = 'torch') does not provide; use a non-VR algorithm")
+        name, m = cfg.algo.name, cfg.model.name
+        if model_class(m) is not None and not capable(cfg, "stored_gradients"):
+            raise ConfigError(f"algo.name = {name!r} needs per-sample derivatives, which a {m} "
+                              f"model (model.name = {m!r}) does not provide; use a non-VR algorithm")
         if self.mode not in self.modes:
             raise ConfigError(f"algo.mode must be one of {' | '.join(self.modes)} for {name}, got {self.mode!r}")
         if self.table not in ("auto", "samples", "blocks"):
             raise ConfigError(f"algo.table must be auto, samples or blocks, got {self.table!r}")
-        if self.table == "samples" and cfg.model.name not in LINEAR:
-            raise ConfigError(f"algo.table = samples needs a linear model ({', '.join(LINEAR)}); "
-                              f"model.name is {cfg.model.name!r}: use blocks")
+        if self.table == "samples" and not capable(cfg, "per_sample_derivs"):
+            linear = ", ".join(n for n, c in MODELS.items() if c.per_sample_derivs)
+            raise ConfigError(f"algo.table = samples needs a linear model ({linear}); "
+                              f"model.name is {m!r}: use blocks")
         if self.sampling not in ("permutation", "replacement"):
             raise ConfigError(f"algo.sampling must be permutation or replacement, got {self.sampling!r}")
         if self.sampling == "replacement" and name != "saga":
@@ -65,88 +69,18 @@ class VROptions:
                 raise ConfigError("algo.mode = async needs at least 2 ranks (rank 0 is the server)")
 
 
+def capable(cfg, what) -> bool:
+    """Whether the configured model has the capability `what` (models/base.py);
+    an unknown model name has none (the model check names it)."""
+    return bool(getattr(model_class(cfg.model.name), what, False))
+
+
 def table_kind(cfg):
     kind = cfg.algo.options.table
-    return ("samples" if cfg.model.name in LINEAR else "blocks") if kind == "auto" else kind
+    return ("samples" if capable(cfg, "per_sample_derivs") else "blocks") if kind == "auto" else kind
 
 
-class Tableau:
-    """Stored data gradients, one entry per sample or per fixed block.
-
-    samples (linear models): entry i = dℓ_i/dz at the x it was computed at,
-    1 number per sample (C for softmax); the gradient is X_iᵀ·entry, so the
-    table costs n (or n·C) numbers instead of n·d.
-    blocks (any model): block b = shard positions [bB, (b+1)B) for b <
-    steps_per_epoch; entry = the block's mean data gradient, (n/B)·d numbers.
-    """
-
-    def __init__(self, kind, model, shard, xp):
-        self.kind, self.model, self.xp = kind, model, xp
-        self.X, self.y, self.B = shard.X, shard.y, shard.batch_size
-        if kind == "samples":
-            C = getattr(model, "n_linear", None)
-            shape = (shard.n,) if C is None else (shard.n, C)
-        else:
-            shape = (shard.steps_per_epoch, model.layout.size)
-        self.slots = shape[0]
-        self.T = xp.zeros(shape, dtype=model.dtype)
-
-    @property
-    def numbers(self) -> int:
-        return int(self.T.size)
-
-    def block(self, b):
-        sl = slice(b * self.B, (b + 1) * self.B)
-        return self.X[sl], self.y[sl]
-
-    def data_grad(self, X, E, out):
-        """out = mean data gradient of the batch from its fresh entries E."""
-        if self.kind == "samples":
-            self.model.grad_from_derivs(X, E, out)
-        else:
-            out[...] = E
-
-    def correction(self, X, E, ids, out):
-        """out = mean over the batch of (fresh - stored) data gradients."""
-        if self.kind == "samples":
-            self.model.grad_from_derivs(X, E - self.T[ids], out)
-        else:
-            self.xp.subtract(E, self.T[ids[0]], out=out)
-
-    def store(self, ids, E):
-        if self.kind == "samples":
-            self.T[ids] = E
-        else:
-            self.T[ids[0]] = E
-
-    def mean(self, out):
-        """out = mean of the entries as a data gradient (every slot counts)."""
-        if self.kind == "samples":
-            self.model.grad_from_derivs(self.X, self.T, out)
-        else:
-            self.T.mean(axis=0, out=out)
-
-
-def loss_and_derivs(model, x, X, y):
-    """(mean data loss, per-sample dℓ/dz) of a linear model in one forward pass."""
-    Xf = model._flat_input(X)
-    loss, D = model._loss_derivs_(model._forward(x, Xf), model._targets(y))
-    return float(loss), D
-
-
-def _host(a):
-    """A numpy view or copy of a backend array."""
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
-def advance(shard):
-    """Move the shard's data order by one batch without gathering it."""
-    shard.pos += 1
-    if shard.pos == shard.steps_per_epoch:
-        shard.epoch, shard.pos = shard.epoch + 1, 0
-
-
-class VRBase(Algorithm):
+class VRBase(ExactGradient, Algorithm):
     """Shared driver; subclasses give update(), begin_epoch(), end_epoch()."""
 
     Options = VROptions
@@ -187,8 +121,8 @@ class VRBase(Algorithm):
             self.tab = Tableau(self.kind, self.model, shard, self.xp)
         g0 = self.full_grad_norm(self.params)
         self.g0 = g0 if g0 > 0 else 1.0
-        self.quad = self.ridge_quadratic()
-        self.f0 = self.quad(_host(self.params)) if self.quad is not None else None
+        self.quad = self.quadratic_objective()
+        self.f0 = self.quad(self.backend.asnumpy(self.params)) if self.quad is not None else None
         self.final_subopt = None
 
     # -- one step ----------------------------------------------------------------------
@@ -228,14 +162,34 @@ class VRBase(Algorithm):
             else:
                 rng = np.random.default_rng([self.cfg.run.seed, DRAW, shard.epoch, shard.rank])
                 b = int(rng.permutation(self.tab.slots)[shard.pos])
-            advance(shard)
+            shard.advance()
             X, y = self.tab.block(b)
             return X, y, np.array([b])
         if self.sampling == "replacement":
             ids = self._rng(shard).integers(0, shard.n, size=B)
-            advance(shard)
+            shard.advance()
             return shard.X[ids], shard.y[ids], ids
         return shard.next_batch()
+
+    def tableau_step(self, X, y, ids, anchor, on_fresh=None) -> float:
+        """One tableau step (centralvr, saga); returns the batch loss:
+            epoch 0 (fill): x -= lr (fresh + l2 x)
+            later:          x -= lr (fresh - stored + anchor + l2 x)
+        then `on_fresh(X, E, ids)` if given, and the fresh entries E are stored."""
+        tab, v, x = self.tab, self.v, self.params
+        loss, E = self.evaluate(x, X, y)
+        if self.epoch == 0:
+            tab.data_grad(X, E, v)
+        else:
+            tab.correction(X, E, ids, v)
+            v += anchor
+        if self.l2:
+            v += self.l2 * x
+        x -= self.lr() * v
+        if on_fresh is not None:
+            on_fresh(X, E, ids)
+        tab.store(ids, E)
+        return loss
 
     def _rng(self, shard):
         # a pure function of (seed, epoch, pos, rank): resumes exactly, no state to save
@@ -247,7 +201,7 @@ class VRBase(Algorithm):
         import time
         t0 = time.perf_counter() if self.compute_emu.active else 0.0
         if self.kind == "samples":
-            loss, E = loss_and_derivs(self.model, x, X, y)
+            loss, E = self.model.loss_and_derivs(x, X, y)
             if self.l2:
                 loss += 0.5 * self.l2 * float(x @ x)
         else:
@@ -275,76 +229,6 @@ class VRBase(Algorithm):
         x[...] = buf[:d]
         gbar_out[...] = buf[d:]
 
-    # -- exact full gradient -----------------------------------------------------------
-    def local_grad_sum(self, x, out, with_l2=False, keep=None):
-        """out = Σ over this shard of ∇(data loss)_i at x (+ n_k·l2·x); `keep`
-        receives the per-sample dℓ/dz (linear models)."""
-        out[...] = 0
-        if self.n_k == 0:
-            return out
-        tmp = self.xp.empty_like(out)
-        for Xb, yb, idx in self.shard.iter_batches(4096):
-            m = int(Xb.shape[0])
-            if self.kind == "samples":
-                _, D = loss_and_derivs(self.model, x, Xb, yb)
-                if keep is not None:
-                    keep[idx[0]:idx[-1] + 1] = D
-                self.model.grad_from_derivs(Xb, D, tmp, scale=m)
-            else:
-                self.model.loss_grad(x, Xb, yb, tmp)
-                if self.l2:
-                    tmp -= self.l2 * x
-                tmp *= m
-            out += tmp
-        if with_l2 and self.l2:
-            out += (self.n_k * self.l2) * x
-        return out
-
-    def full_grad(self, x, out, keep=None):
-        """out = ∇f(x) over every rank's shard (collective)."""
-        self.local_grad_sum(x, out, keep=keep)
-        self.channel.Allreduce(out)
-        out /= self.N
-        if self.l2:
-            out += self.l2 * x
-        return out
-
-    def full_grad_norm(self, x) -> float:
-        g = self.xp.zeros_like(x)
-        with self.channel.phase("metrics"):
-            self.full_grad(x, g)
-        return float(self.xp.linalg.norm(g.astype(np.float64)))
-
-    def ridge_quadratic(self):
-        """Ridge only: f(x) as a quadratic form from one allreduce of [AᵀA, Aᵀy, yᵀy]
-        (A = [X, 1]), and f* from the closed form (AᵀA/N + l2 I) x* = Aᵀy/N.
-        None for other models or more than 2048 parameters."""
-        m = self.params.size
-        if self.model.name != "ridge" or m > 2048:
-            return None
-        buf = np.zeros(m * m + m + 1)
-        if self.n_k:
-            X = _host(self.shard.X).astype(np.float64).reshape(self.shard.n, -1)
-            A = np.hstack([X, np.ones((self.shard.n, 1))])
-            y = _host(self.shard.y).astype(np.float64).reshape(-1)
-            buf[:m * m] = (A.T @ A).ravel()
-            buf[m * m:m * m + m] = A.T @ y
-            buf[-1] = y @ y
-        with self.channel.phase("metrics"):
-            self.channel.Allreduce(buf)
-        M, r, yy, N, l2 = buf[:m * m].reshape(m, m), buf[m * m:-1], buf[-1], self.N, self.l2
-
-        def f(x):
-            x = np.asarray(x, np.float64)
-            return float((x @ M @ x - 2 * r @ x + yy) / (2 * N) + 0.5 * l2 * (x @ x))
-        f.star = f(np.linalg.solve(M / N + l2 * np.eye(m), r / N))
-        return f
-
-    def record_metric(self) -> float:
-        rel = self.full_grad_norm(self.params) / self.g0
-        self.history.append([self.epoch, self.samples, rel])
-        return rel
-
     # -- end of run ------------------------------------------------------------------------
     def finish(self):
         if self.mode == "async":
@@ -358,7 +242,7 @@ class VRBase(Algorithm):
         if self.mode != "async":
             self.history.append([self.epoch, self.samples, self.final_rel])
         if self.quad is not None:
-            x = _host(self.params)
+            x = self.backend.asnumpy(self.params)
             gap0 = self.f0 - self.quad.star
             self.final_subopt = (self.quad(x) - self.quad.star) / gap0 if gap0 > 0 else 0.0
         with self.channel.phase("metrics"):

@@ -87,10 +87,15 @@ class Shard:
         a, b = self.pos * self.batch_size, (self.pos + 1) * self.batch_size
         sel = self._perm_dev[a:b]
         out = (self.X[sel], self.y[sel], self._perm[a:b])
+        self.advance()
+        return out
+
+    def advance(self):
+        """Move the data order on by one batch without gathering it (a
+        method that draws its own batches still keeps epoch and pos)."""
         self.pos += 1
         if self.pos == self.steps_per_epoch:
             self.epoch, self.pos = self.epoch + 1, 0
-        return out
 
     def iter_batches(self, batch_size: int | None = None):
         """Ordered full pass over the shard, final partial batch included:

@@ -16,7 +16,7 @@ from .mlp import MLP
 MODELS = {cls.name: cls for cls in (Ridge, LogReg, Softmax, MLP, CNN)}
 NAMES = tuple(MODELS) + ("torch",)    # torch: models/torch_adapter.py, imported on demand
 
-__all__ = ["MODELS", "NAMES", "build_model", "model_for", "Model", "LinearModel", "Ridge", "LogReg", "Softmax", "MLP", "CNN"]
+__all__ = ["MODELS", "NAMES", "build_model", "model_class", "model_for", "Model", "LinearModel", "Ridge", "LogReg", "Softmax", "MLP", "CNN"]
 
 
 def build_model(name, *, input_shape, n_outputs, hidden=(64,), channels=(8, 16), kernel=3,
@@ -38,6 +38,16 @@ def build_model(name, *, input_shape, n_outputs, hidden=(64,), channels=(8, 16),
     arch = {"hidden": hidden, "channels": channels, "kernel": kernel, "loss": loss}
     opts = {k: arch[k] for k in cls.arch_options}
     return cls(input_shape, n_outputs, l2=l2, dtype=dtype, xp=xp, **opts)
+
+
+def model_class(name):
+    """The class registered as `name` (torch included, without importing
+    PyTorch), for asking a model's capabilities before it is built; None for
+    an unknown name."""
+    if name == "torch":
+        from .torch_adapter import TorchModel
+        return TorchModel
+    return MODELS.get(name)
 
 
 def model_for(cfg, data, xp) -> Model:

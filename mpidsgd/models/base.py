@@ -24,6 +24,14 @@ class Model:
     gradients and all work arrays), `xp` (array module), `l2` (L2 strength),
     `input_shape`, `n_outputs`.
 
+    Capabilities (class attributes) that algorithms ask for instead of names:
+    `per_sample_derivs` (the model gives each sample's derivative of its data
+    loss w.r.t. a linear output: `loss_and_derivs`, `grad_from_derivs`,
+    `derivs_shape`), `stored_gradients` (a batch's data gradient depends on
+    the parameters and the batch only, so a stored one can be replayed later)
+    and `closed_form_optimum` (the data loss is a quadratic form whose terms
+    `quadratic_terms` gives, so the exact optimum can be solved for).
+
     The loss is  mean over the batch of the data loss + (l2/2)·||params||²
     (every parameter, biases included), and its gradient is the mean data
     gradient + l2·params.
@@ -36,6 +44,9 @@ class Model:
     task = "classification"
     arch_options = ()          # extra build_model keywords this model takes
     state = None               # flat array of non-parameter state (torch BatchNorm statistics)
+    per_sample_derivs = False  # loss_and_derivs / grad_from_derivs / derivs_shape exist
+    stored_gradients = True    # a data gradient is a pure function of (params, batch)
+    closed_form_optimum = False  # quadratic_terms exists
 
     def __init__(self, input_shape, n_outputs, *, l2=0.0, dtype="float32", xp=numpy):
         self.input_shape = _check_shape(input_shape)

@@ -3,14 +3,17 @@
 Their data gradient is X^T·D / B, where D holds each sample's derivative of its
 data loss with respect to its linear output z. Variance-reduced methods (SAGA,
 CentralVR) store D, one number (or C numbers) per sample, instead of a full
-gradient per sample; `sample_derivs` and `grad_from_derivs` expose that split:
+gradient per sample; `loss_and_derivs` and `grad_from_derivs` expose that
+split (the capability `per_sample_derivs`):
 
     loss_grad(params, X, y, grad)  leaves in grad
-    grad_from_derivs(X, sample_derivs(params, X, y), g) + l2·params
+    grad_from_derivs(X, loss_and_derivs(params, X, y)[1], g) + l2·params
 """
 from __future__ import annotations
 
 from math import prod
+
+import numpy
 
 from .base import Model, softmax_xent_
 
@@ -19,6 +22,7 @@ class LinearModel(Model):
     """z = X·W + b; subclasses give the per-sample loss and its derivative in z."""
 
     n_linear = None            # None: one output, W of shape (d,), scalar b
+    per_sample_derivs = True
 
     def _build(self):
         d = prod(self.input_shape)
@@ -36,15 +40,24 @@ class LinearModel(Model):
         """(mean data loss, D); may overwrite z to build D."""
         raise NotImplementedError
 
-    def sample_derivs(self, params, X, y):
-        """Per-sample derivative D of the DATA loss (no L2) w.r.t. the linear output.
+    def loss_and_derivs(self, params, X, y):
+        """(mean DATA loss as a float, D) from one forward pass, no L2 term.
 
-        Shape (B,) for ridge and logreg, (B, C) for softmax; a new array each call.
+        D is each sample's derivative of its data loss w.r.t. the linear
+        output z, shape `derivs_shape(B)`; a new array each call (safe to store).
         """
         self._check_flat(params, "params")
         X = self._flat_input(X)
-        _, D = self._loss_derivs_(self._forward(params, X), self._targets(y))
-        return D
+        loss, D = self._loss_derivs_(self._forward(params, X), self._targets(y))
+        return float(loss), D
+
+    def sample_derivs(self, params, X, y):
+        """D of `loss_and_derivs` alone."""
+        return self.loss_and_derivs(params, X, y)[1]
+
+    def derivs_shape(self, n):
+        """Shape of D for n samples: (n,) for ridge and logreg, (n, C) for softmax."""
+        return (n,) if self.n_linear is None else (n, self.n_linear)
 
     def grad_from_derivs(self, X, D, grad, scale=1.0):
         """OVERWRITE grad with scale · mean over the batch of the data gradient implied by D.
@@ -77,6 +90,7 @@ class Ridge(LinearModel):
 
     name = "ridge"
     task = "regression"
+    closed_form_optimum = True
 
     def _loss_derivs_(self, z, y):
         z -= y                                  # residual r; dℓ/dz = r
@@ -85,6 +99,15 @@ class Ridge(LinearModel):
     def predict(self, params, X):
         """Predicted values, shape (B,)."""
         return self._forward(params, self._flat_input(X))
+
+    def quadratic_terms(self, X, y):
+        """(AᵀA, Aᵀy, yᵀy) in float64 for host arrays X, y, with A = [X, 1]:
+        the summed data loss at flat params θ = (W, b) is
+        ½(θᵀ·AᵀA·θ − 2·θᵀ·Aᵀy + yᵀy)."""
+        X = numpy.asarray(X).astype(numpy.float64).reshape(X.shape[0], -1)
+        A = numpy.hstack([X, numpy.ones((X.shape[0], 1))])
+        y = numpy.asarray(y).astype(numpy.float64).reshape(-1)
+        return A.T @ A, A.T @ y, y @ y
 
 
 class LogReg(LinearModel):

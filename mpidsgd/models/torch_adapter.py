@@ -79,6 +79,10 @@ class TorchModel(Model):
     """A factory-built `nn.Module` whose parameters view mpidsgd's flat buffers."""
 
     name = "torch"
+    # no per-sample derivatives, and a gradient may depend on more than (params,
+    # batch) (BatchNorm statistics, dropout): variance-reduced tables refuse it
+    per_sample_derivs = False
+    stored_gradients = False
 
     def __init__(self, input_shape, n_outputs, *, factory, loss="cross_entropy", path="",
                  task=None, seed=0, **kw):
