@@ -11,12 +11,11 @@
 import json
 import os
 import signal
-import uuid
 
 import h5py
 
 from mpidsgd.checkpoint.format import list_checkpoints, verify
-from test_checkpoint import launch, rank_pid, wait_for
+from test_checkpoint import launch, terminate_rank_mid_run, wait_for
 
 ASGD = {"algo.name": "asgd", "algo.momentum": 0.5, "run.steps": 300,
         "comm.emulate.compute": '"fixed"', "comm.emulate.compute_s": 0.01}
@@ -57,20 +56,9 @@ def test_kill_9_mid_run_then_resume_auto(tmp_path):
 
 
 def test_sigterm_to_one_worker_checkpoints_all_and_resume_finishes(tmp_path):
-    tag = uuid.uuid4().hex
     run = tmp_path / "run"
-    proc = launch(run, ASGD, n=3, tag=tag, wait=False)
-    try:
-        wait_for(lambda: (run / "metrics.jsonl").exists()
-                 and (run / "metrics.jsonl").stat().st_size > 0, what="training to start")
-        pid = rank_pid(tag, 2)
-        assert pid, "rank 2 not found"
-        os.kill(pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err
+    rc, err = terminate_rank_mid_run(run, ASGD, n=3, rank=2)
+    assert rc == 0, err
     s = json.load(open(run / "summary.json"))
     stopped = s["steps"]
     assert s["stopped_by"] == "signal" and 0 < stopped < 300

@@ -78,6 +78,24 @@ def wait_for(cond, timeout=120.0, what=""):
         time.sleep(0.05)
 
 
+def terminate_rank_mid_run(run, sets, n, rank):
+    """Launch a run, SIGTERM rank `rank` once metrics.jsonl has a record, and
+    wait for every rank to exit: (returncode, stderr)."""
+    tag = uuid.uuid4().hex
+    proc = launch(run, sets, n=n, tag=tag, wait=False)
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").exists()
+                 and (run / "metrics.jsonl").stat().st_size > 0, what="training to start")
+        pid = rank_pid(tag, rank)
+        assert pid, f"rank {rank} not found"
+        os.kill(pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, err
+
+
 def digest(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
@@ -213,21 +231,10 @@ def test_sigkill_during_slow_write_keeps_earlier_checkpoints(trained, tmp_path):
 
 
 def test_sigterm_to_one_rank_checkpoints_all_and_resume_finishes(tmp_path):
-    tag = uuid.uuid4().hex
     run = tmp_path / "run"
     slow = {"run.steps": 400, "comm.emulate.compute": '"fixed"', "comm.emulate.compute_s": 0.02}
-    proc = launch(run, slow, n=2, tag=tag, wait=False)
-    try:
-        wait_for(lambda: (run / "metrics.jsonl").exists()
-                 and (run / "metrics.jsonl").stat().st_size > 0, what="training to start")
-        pid = rank_pid(tag, 1)
-        assert pid, "rank 1 not found"
-        os.kill(pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err
+    rc, err = terminate_rank_mid_run(run, slow, n=2, rank=1)
+    assert rc == 0, err
     summary = json.load(open(run / "summary.json"))
     stopped = summary["steps"]
     assert summary["stopped_by"] == "signal" and 0 < stopped < 400
