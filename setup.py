@@ -25,7 +25,6 @@ setup(
     # kernels/ lives at the top level of the repository but is imported as
     # mpidsgd.kernels: the mapping below makes both installs agree.
     package_dir={"mpidsgd": "mpidsgd", "mpidsgd.kernels": "kernels"},
-    package_data={"mpidsgd": ["jobs/*.toml"]},
     install_requires=["numpy>=1.23", "mpi4py>=4", "h5py>=3.8", "numba>=0.58",
                       "tomli>=1.1; python_version<'3.11'"],
     extras_require={
