@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpidsgd import config as C, train
+from mpidsgd import config as C, reporting, train
 
 from mpidsgd.catalog import load_config, validate
 from mpidsgd.algorithms import REGISTRY
@@ -436,8 +436,8 @@ def test_asynchronous_checkpoints_at_agreed_quiesced_points(fake_async, monkeypa
         def failing_append(fh, text):
             appended.append(text)
             return "cannot append (simulated)" if len(appended) > 1 else real_append(fh, text)
-        real_append = train.try_append
-        monkeypatch.setattr(train, "try_append", failing_append)
+        real_append = reporting.try_append
+        monkeypatch.setattr(reporting, "try_append", failing_append)   # Log.record calls it
         full_out = os.path.join(base, f"async-full-{P}")
         with pytest.raises(AgreedError, match=r"^cannot append \(simulated\); no newer checkpoint"):
             train_once(sub, full_out, sets)
