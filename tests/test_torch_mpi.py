@@ -163,8 +163,10 @@ BAD = [
     ({"model.factory": '"no_such_module:f"'}, "model.factory 'no_such_module:f' cannot be imported"),
     ({"model.factory": '"torch_factories:raises"'}, "raised RuntimeError: factory failed on purpose"),
     ({"model.factory": '"torch_factories:no_params"'}, "'torch_factories:no_params' built a module with no parameters"),
-    ({"model.loss": '"mse"'}, "model.loss = 'mse' does not fit the data task 'classification'"),
-    ({"data.task": '"regression"'}, "model.loss = 'cross_entropy' does not fit the data task 'regression'"),
+    # the task follows the model (loss mse: regression); an explicit task it contradicts is refused
+    ({"model.loss": '"mse"', "data.task": '"classification"'},
+     "data.task = classification needs a classifier"),
+    ({"data.task": '"regression"'}, "data.task = regression needs a regression model"),
     ({"model.factory": '"bn_mlp"'}, "model.factory must look like 'package.module:callable'"),
     ({"model.loss": '"hinge"'}, "model.loss must be cross_entropy or mse"),
     ({"algo.name": '"svrg"'}, "algo.name = 'svrg' needs per-sample derivatives"),
