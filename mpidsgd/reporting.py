@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
-from .checkpoint.disk import try_append
+from .checkpoint.disk import no_space, try_append, write_text
 
 
 class Log:
@@ -18,13 +19,22 @@ class Log:
         self.root = topo.is_root
         self.fh = None
         self.failed = None       # the one-line error of a record that could not be written
+        self.stdout_open = True
         if self.root and enabled:
             os.makedirs(out_dir, exist_ok=True)
             self.fh = open(os.path.join(out_dir, "metrics.jsonl"), "a" if append else "w")
 
     def say(self, text):
-        if self.root and text:
-            print(text, flush=True)
+        if self.root and text and self.stdout_open:
+            try:
+                print(text, flush=True)
+            except BrokenPipeError:
+                # the reader of a pipe left (`... | head`): the run goes on,
+                # its records still go to metrics.jsonl and summary.json
+                self.stdout_open = False
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
 
     def record(self, **fields):
         if self.fh and not self.failed:     # a failed append stops every rank (control.py)
@@ -39,10 +49,13 @@ class Log:
         path = self.fh.name
         with open(path) as fh:
             keep = [ln for ln in fh if ln.strip() and _kept(ln, step)]
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.writelines(keep)
-        os.replace(tmp, path)
+        text = "".join(keep)
+        try:
+            write_text(path, text)      # all or nothing: the old file stays on failure
+        except OSError as exc:
+            # a full disk: every rank stops at its first poll (control.py)
+            self.failed = f"cannot rewrite {path}: " + no_space(
+                os.path.dirname(os.path.abspath(path)), len(text), what="file", exc=exc)
         self.fh = open(path, "a")
 
     def close(self):

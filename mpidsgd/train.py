@@ -168,6 +168,25 @@ def open_checkpoints(cfg, topo, ctx, log, args, force=False):
     return ckpt
 
 
+def write_config(topo, out, cfg):
+    """Collective: rank 0 writes <out>/config.toml, all or nothing; a disk
+    that refuses it is the same one-line error (exit 1) on every rank."""
+    from .checkpoint.disk import no_space, write_text
+    from .comm.agree import agree_error
+    from .errors import AgreedError
+    err = None
+    if topo.is_root:
+        path, text = os.path.join(out, "config.toml"), C.dumps(cfg)
+        try:
+            os.makedirs(out, exist_ok=True)
+            write_text(path, text)
+        except OSError as exc:
+            err = f"cannot write {path}: " + no_space(out, len(text), what="file", exc=exc)
+    err = agree_error(topo.world, err)
+    if err:
+        fail(topo, AgreedError(err))
+
+
 def run(cfg, ctx, topo, args):
     """The training loop; returns the summary dict (rank 0) or None."""
     from .control import StopAgreement
@@ -175,10 +194,7 @@ def run(cfg, ctx, topo, args):
     algo, data, model, channel = ctx["algo"], ctx["data"], ctx["model"], ctx["channel"]
     shard = data.train
     out = cfg.run.out_dir
-    if topo.is_root:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "config.toml"), "w") as fh:
-            fh.write(C.dumps(cfg))
+    write_config(topo, out, cfg)
     log = Log(topo, out, append=bool(getattr(args, "resume", None)))
     meter = ctx["meter"] = Meter()
     ckpt = open_checkpoints(cfg, topo, ctx, log, args)
