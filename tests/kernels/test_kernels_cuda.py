@@ -28,7 +28,7 @@ def test_cuda_kernels_in_simulator():
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__],
         capture_output=True, text=True, env=env, timeout=900,
-        cwd=Path(__file__).resolve().parent.parent)
+        cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and " failed" not in out.stdout
 

@@ -315,7 +315,7 @@ def test_slurm_script_checkpoints_on_usr1_requeues_and_resumes(tmp_path):
     """slurm/train.sbatch as Slurm runs it: SIGUSR1 to the batch shell
     (--signal=B:USR1) -> ranks checkpoint and exit 0 -> scontrol requeue;
     the requeued job (same id, same folder) resumes and finishes."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     fake = tmp_path / "bin"
     fake.mkdir()
     for name, text in (("srun", FAKE_SRUN), ("scancel", FAKE_SCANCEL), ("scontrol", FAKE_SCONTROL)):
