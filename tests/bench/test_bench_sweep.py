@@ -43,46 +43,88 @@ def bench(*args, cwd):
                           capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-@pytest.fixture
-def suite(tmp_path):
-    (tmp_path / "base.toml").write_text(BASE)
-    path = tmp_path / "mini.toml"
-    path.write_text(SUITE.format(base=tmp_path / "base.toml"))
+def write_suite(folder):
+    """The mini suite (2 variants x 2 seeds) and its base job, in `folder`."""
+    (folder / "base.toml").write_text(BASE)
+    path = folder / "mini.toml"
+    path.write_text(SUITE.format(base=folder / "base.toml"))
     return path
 
 
-def test_argv_runs_each_job_into_its_own_folder_and_merge_writes_the_table(suite, tmp_path):
-    sel = ["--suite", str(suite), "--out", str(tmp_path / "out"), "--only", "sgd,sgd lr=0.01"]
-    r = bench(*sel, "--count", cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.strip() == "4", r.stderr
-    # merging before the jobs ran: one error line naming the missing file
-    r = bench(*sel, "--merge", cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.startswith("mpidsgd: error: --merge:"), r.stderr
-    outs = []
+@pytest.fixture
+def suite(tmp_path):
+    return write_suite(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """The array job by hand, once for the module: --count, a --merge before
+    any job ran, each job's --argv run by `python -m mpidsgd.train`, then
+    --merge into m.json and m.md. Every step's result is kept for the tests."""
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    sel = ["--suite", str(write_suite(tmp_path)), "--out", str(tmp_path / "out"),
+           "--only", "sgd,sgd lr=0.01"]
+    res = {"dir": tmp_path, "count": bench(*sel, "--count", cwd=tmp_path),
+           "early_merge": bench(*sel, "--merge", cwd=tmp_path), "jobs": [], "outs": []}
     for i in range(4):
         r = bench(*sel, "--argv", str(i), cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
         argv = r.stdout.splitlines()
         t = subprocess.run([sys.executable, "-m", "mpidsgd.train", *argv],
                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        res["jobs"].append((r, t))
+        res["outs"].append(next((a for a in argv if a.startswith("run.out_dir=")), "=?")
+                           .split("=", 1)[1].strip('"'))
+    res["merge"] = bench(*sel, "--merge", "--json", str(tmp_path / "m.json"),
+                         "--table", str(tmp_path / "m.md"), cwd=tmp_path)
+    return res
+
+
+def merged(sweep):
+    """The merge's records; fails the test if the merge failed."""
+    assert sweep["merge"].returncode == 0, sweep["merge"].stderr
+    return json.loads((sweep["dir"] / "m.json").read_text())
+
+
+def test_count_is_the_number_of_jobs(sweep):
+    r = sweep["count"]
+    assert r.returncode == 0 and r.stdout.strip() == "4", r.stderr
+
+
+def test_merge_before_the_jobs_ran_is_one_error_line(sweep):
+    r = sweep["early_merge"]
+    assert r.returncode == 2 and r.stderr.startswith("mpidsgd: error: --merge:"), r.stderr
+
+
+def test_argv_of_each_job_trains(sweep):
+    for r, t in sweep["jobs"]:
+        assert r.returncode == 0, r.stderr
         assert t.returncode == 0, t.stderr
-        outs.append(next(a for a in argv if a.startswith("run.out_dir=")).split("=", 1)[1].strip('"'))
-    # jobs in (variant, run, seed) order, each in its own folder
-    assert [o.split("/")[-2:] for o in outs] == [
+
+
+def test_jobs_run_in_variant_seed_order_each_in_its_own_folder(sweep):
+    assert [o.split("/")[-2:] for o in sweep["outs"]] == [
         ["sgd", "seed0"], ["sgd", "seed1"], ["sgd_lr_0_01", "seed0"], ["sgd_lr_0_01", "seed1"]]
-    r = bench(*sel, "--merge", "--json", str(tmp_path / "m.json"),
-              "--table", str(tmp_path / "m.md"), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    records = json.loads((tmp_path / "m.json").read_text())
+
+
+def test_merge_records_are_the_job_folders_summaries(sweep):
+    records = merged(sweep)
     assert [(x["run"], x["seed"]) for x in records] == [
         ("sgd", 0), ("sgd", 1), ("sgd lr=0.01", 0), ("sgd lr=0.01", 1)]
-    for x, o in zip(records, outs):
-        summary = json.loads((tmp_path / o / "summary.json").read_text())
+    for x, o in zip(records, sweep["outs"]):
+        summary = json.loads((sweep["dir"] / o / "summary.json").read_text())
         assert x["summary"] == summary and x["P"] == 1 and summary["steps"] == 6
         assert x["final"] == summary["final_test_accuracy"]
-    # the two seeds of a run differ (each task really ran its own job)
+
+
+def test_the_two_seeds_of_a_run_differ(sweep):
+    # each task really ran its own job
+    records = merged(sweep)
     assert records[0]["summary"]["final_train_loss"] != records[1]["summary"]["final_train_loss"]
-    table = (tmp_path / "m.md").read_text().splitlines()
+
+
+def test_merge_table_has_one_row_per_variant_over_two_seeds(sweep):
+    merged(sweep)
+    table = (sweep["dir"] / "m.md").read_text().splitlines()
     assert [ln.split("|")[2].strip() for ln in table[2:]] == ["sgd", "sgd lr=0.01"]
     assert all(ln.split("|")[3].strip() == "2" for ln in table[2:])
 
