@@ -17,3 +17,10 @@ def test_ci_gpu_names_existing_files():
     assert "tests/gpu/test_gpu.py" in paths      # the parser sees the test list
     missing = [p for p in paths if not (ROOT / p).exists()]
     assert not missing, f".ci/gpu names files that do not exist: {missing}"
+
+
+def test_ci_run_names_existing_files():
+    paths = _named_paths(".ci/run")
+    assert "tests/models/test_torch.py" in paths  # the torch step's test list
+    missing = [p for p in paths if not (ROOT / p).exists()]
+    assert not missing, f".ci/run names files that do not exist: {missing}"

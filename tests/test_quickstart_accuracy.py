@@ -66,37 +66,74 @@ RUNS = [(a, s) for a in ("sgd", "spardl", "oktopk", "palsgd", "gosgd-free")
         for s in SEEDS] + [("gosgd", 0)]
 
 
-@pytest.mark.slow
-def test_quickstart_accuracy_of_spardl_palsgd_gosgd_against_sgd(tmp_path):
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every run of RUNS, started together and awaited once for the module:
+    (folder, summary.json of each (algo, seed))."""
+    tmp_path = tmp_path_factory.mktemp("quickstart")
     jobs = {(a, s): start(a, s, tmp_path / f"{a}{s}") for a, s in RUNS}
     deadline = time.monotonic() + TIMEOUT + 60
     for key, proc in jobs.items():
         out, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
         assert proc.returncode == 0, f"{key} failed:\n{err[-3000:]}"
     summ = {k: json.loads((tmp_path / f"{k[0]}{k[1]}" / "summary.json").read_text()) for k in jobs}
-    # the runs are the quickstart
+    return tmp_path, summ
+
+
+def detail(summ):
+    """Every run's final test accuracy, for the failure messages."""
+    return {f"{a}{s}": round(summ[(a, s)]["final_test_accuracy"], 4) for a, s in summ}
+
+
+def mean_accuracy(summ, algo):
+    return sum(summ[(algo, s)]["final_test_accuracy"] for s in SEEDS) / len(SEEDS)
+
+
+def test_every_run_is_the_built_in_quickstart_on_4_ranks(runs):
+    tmp_path, summ = runs
     quick = train.QUICKSTART
     for (algo, seed), s in summ.items():
         assert s["algorithm"] == algo.replace("-free", "") and s["world_size"] == P
         cfg = (tmp_path / f"{algo}{seed}" / "config.toml").read_text()
         assert f"n_samples = {quick['data']['n_samples']}" in cfg
         assert f"hidden = {quick['model']['hidden']}".replace("'", "") in cfg
-    detail = {f"{a}{s}": round(summ[(a, s)]["final_test_accuracy"], 4) for a, s in summ}
-    ref = summ[("sgd", 0)]["samples_processed"]
+
+
+def test_every_run_processes_the_samples_of_sgd(runs):
     # equal samples: exactly for the lock-step algorithms; palsgd's mixing
     # draws are random, so its sample count is equal only in expectation
+    summ = runs[1]
+    ref = summ[("sgd", 0)]["samples_processed"]
     for (algo, seed), s in summ.items():
         if algo == "palsgd":
             assert abs(s["samples_processed"] / ref - 1) < 0.02, (algo, seed, s["samples_processed"], ref)
         else:
             assert s["samples_processed"] == ref, (algo, seed, s["samples_processed"], ref)
-    assert summ[("spardl", 0)]["bytes_sent_per_rank"] < 0.1 * summ[("sgd", 0)]["bytes_sent_per_rank"]
-    assert summ[("oktopk", 0)]["bytes_sent_per_rank"] < 0.1 * summ[("sgd", 0)]["bytes_sent_per_rank"]
-    assert summ[("palsgd", 0)]["bytes_sent_per_rank"] < 0.1 * summ[("sgd", 0)]["bytes_sent_per_rank"]
-    acc = {a: sum(summ[(a, s)]["final_test_accuracy"] for s in SEEDS) / len(SEEDS)
-           for a in ("sgd", "spardl", "oktopk", "palsgd", "gosgd-free")}
-    assert acc["spardl"] >= acc["sgd"] - 0.01, f"means {acc}, runs {detail}"
-    assert acc["oktopk"] >= acc["sgd"] - 0.01, f"means {acc}, runs {detail}"
-    assert acc["palsgd"] >= acc["sgd"] - 0.01, f"means {acc}, runs {detail}"
-    assert summ[("gosgd", 0)]["final_test_accuracy"] >= summ[("sgd", 0)]["final_test_accuracy"] - 0.02, detail
-    assert acc["gosgd-free"] >= acc["sgd"] - 0.02, f"means {acc}, runs {detail}"
+
+
+@pytest.mark.parametrize("algo", ["spardl", "oktopk", "palsgd"])
+def test_sends_under_a_tenth_of_the_bytes_of_sgd(runs, algo):
+    summ = runs[1]
+    assert summ[(algo, 0)]["bytes_sent_per_rank"] < 0.1 * summ[("sgd", 0)]["bytes_sent_per_rank"]
+
+
+@pytest.mark.parametrize("algo", ["spardl", "oktopk", "palsgd"])
+def test_mean_accuracy_over_3_seeds_is_within_1_point_of_sgd(runs, algo):
+    summ = runs[1]
+    acc = {a: mean_accuracy(summ, a) for a in ("sgd", algo)}
+    assert acc[algo] >= acc["sgd"] - 0.01, f"means {acc}, runs {detail(summ)}"
+
+
+def test_deterministic_gosgd_is_within_2_points_of_sgd(runs):
+    summ = runs[1]
+    assert summ[("gosgd", 0)]["final_test_accuracy"] >= summ[("sgd", 0)]["final_test_accuracy"] - 0.02, \
+        detail(summ)
+
+
+def test_free_running_gosgd_mean_over_3_seeds_is_within_2_points_of_sgd(runs):
+    summ = runs[1]
+    acc = {a: mean_accuracy(summ, a) for a in ("sgd", "gosgd-free")}
+    assert acc["gosgd-free"] >= acc["sgd"] - 0.02, f"means {acc}, runs {detail(summ)}"

@@ -16,23 +16,9 @@ import pytest
 
 from mpidsgd import train
 
+from cli_launch import TINY, launch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--set", "data.n_samples=512", "--set", "data.n_test=64", "--set", "data.n_features=8",
-        "--set", "model.hidden=[8]", "--set", "run.steps=6", "--set", "run.eval_every=0"]
-
-
-def mpiexec():
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return here if os.path.exists(here) else "mpiexec"
-
-
-def launch(args, n=None, cwd=None, timeout=300):
-    cmd = [sys.executable, "-m", "mpidsgd.train", *args]
-    if n is not None:
-        cmd = [mpiexec(), "-n", str(n), *cmd]
-    env = {**os.environ, "MPIEXEC_TIMEOUT": str(timeout - 30)}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
-
 
 BAD = [
     (["--set", "run.bogus=1"], "unknown config key run.bogus"),

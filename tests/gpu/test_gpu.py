@@ -7,7 +7,7 @@ and every synchronous training algorithm with run.device = "cuda" vs "cpu").
 Needs a CUDA GPU and CuPy: skipped where none is visible (the CPU-only CI
 machine); on a GPU node `bash .ci/gpu` runs it with the GPU kernel tests and
 the benchmarks. The kernels themselves are checked on every machine under
-Numba's CUDA simulator (tests/test_kernels_cuda.py).
+Numba's CUDA simulator (tests/kernels/test_kernels_cuda.py).
 """
 import os
 import subprocess

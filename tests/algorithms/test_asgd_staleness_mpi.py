@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["data.n_samples=4096", "data.n_test=64", "data.n_features=8", "model.hidden=[8]",
         "data.batch_size=8", "run.eval_every=0", "algo.lr=0.01", "algo.momentum=0.0",
         "run.progress=false"]

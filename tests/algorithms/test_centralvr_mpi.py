@@ -1,5 +1,5 @@
 """CentralVR / SAGA / SVRG under MPI against the serial float64 simulation of
-docs/algorithms/variance-reduction.md (tests/centralvr_ref.py).
+docs/algorithms/variance-reduction.md (tests/refs/centralvr_ref.py).
 
 4-rank launch: P = 1..4 on sub-communicators, single and sync modes, every
 method and linear model, unequal shards (weights n_k / N, samples left out of
@@ -18,7 +18,7 @@ from mpidsgd.catalog import config_from_dict
 from mpidsgd.comm import costmodel as cm
 from mpidsgd.topology import Topology
 from mpidsgd.train import build
-from centralvr_ref import full_grad, simulate
+from refs.centralvr_ref import full_grad, simulate
 from mpiutil import assert_all, sub_comms
 
 

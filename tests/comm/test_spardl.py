@@ -13,7 +13,7 @@ from mpidsgd.comm.channel import Channel
 from mpidsgd.comm.spar_allgather import coalesce, next_h, pad_selection
 from mpidsgd.comm.spar_reduce_scatter import srs_schedule
 from mpidsgd.comm.spardl import SparDL
-from spardl_ref import simulate
+from refs.spardl_ref import simulate
 
 
 @pytest.mark.parametrize("P", list(range(1, 40)) + [64, 100, 127, 128, 129])

@@ -12,7 +12,7 @@ from mpidsgd import config as C
 from mpidsgd.catalog import load_config
 from mpidsgd.algorithms import REGISTRY
 from mpidsgd.algorithms.mixing import BLOCK, MixingDraws, mixing_draw
-from local_sgd_ref import build, close, make_cfg, problem, run_steps, shards, simulate
+from refs.local_sgd_ref import build, close, make_cfg, problem, run_steps, shards, simulate
 
 FAMILY = ("localsgd", "diloco", "palsgd")
 

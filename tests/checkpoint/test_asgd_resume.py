@@ -15,7 +15,7 @@ import signal
 import h5py
 
 from mpidsgd.checkpoint.format import list_checkpoints, verify
-from test_checkpoint import launch, terminate_rank_mid_run, wait_for
+from checkpoint_jobs import launch, terminate_rank_mid_run, wait_for
 
 ASGD = {"algo.name": "asgd", "algo.momentum": 0.5, "run.steps": 300,
         "comm.emulate.compute": '"fixed"', "comm.emulate.compute_s": 0.01}

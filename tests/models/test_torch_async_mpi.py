@@ -33,7 +33,8 @@ from mpidsgd import train  # noqa: E402
 from mpidsgd.topology import Topology  # noqa: E402
 from mpiutil import assert_all, sub_comms  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# the folder of torch_factories.py, the model.path of these tests
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers")
 COMM = MPI.COMM_WORLD
 # torch_factories' twin uses seed 3 and hidden (9,); 12 features, 4 classes
 BASE = {"run.steps": 20, "run.eval_every": 0, "run.log_every": 1, "run.progress": "false",

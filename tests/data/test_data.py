@@ -49,40 +49,81 @@ def test_synthetic_sample_i_is_the_same_for_every_world_size(task):
         assert np.array_equal(X, full.X[a:b]) and np.array_equal(y, full.y[a:b])
 
 
-def test_synthetic_is_deterministic_by_seed_and_splits_differ():
+def seed_runs():
+    """Train rows of seed 3 twice, of seed 4, and the test rows of seed 3."""
     cfg = make_cfg(n_samples=2000, n_test=500)
     a, b = synthetic.generate(cfg.data, 3, 0, 2000), synthetic.generate(cfg.data, 3, 0, 2000)
     c = synthetic.generate(cfg.data, 4, 0, 2000)
     t = synthetic.generate(cfg.data, 3, 0, 500, "test")
+    return a, b, c, t
+
+
+def test_synthetic_same_seed_gives_the_same_data():
+    a, b, _, _ = seed_runs()
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_synthetic_another_seed_gives_other_data():
+    a, _, c, _ = seed_runs()
     assert not np.allclose(a[0], c[0])
+
+
+def test_synthetic_test_split_differs_from_the_train_split():
+    a, _, _, t = seed_runs()
     assert not np.allclose(a[0][:500], t[0])
 
 
-def test_synthetic_classification_labels_noise_and_balance():
+@pytest.fixture(scope="module")
+def noisy_classes():
+    """20000 classification rows with data.noise = 0.2, and the same rows without."""
     cfg = make_cfg(n_samples=20000, noise=0.2)
     teacher = synthetic.Teacher(0, "classification", 64, 10)
     X, y = synthetic.generate(cfg.data, 0, 0, 20000, teacher=teacher)
     Xc, yc = synthetic.generate(make_cfg(noise=0.0).data, 0, 0, 20000)
-    assert np.array_equal(X, Xc)                       # noise never moves the inputs
+    return cfg, X, y, Xc, yc
+
+
+def test_label_noise_never_moves_the_inputs(noisy_classes):
+    _, X, _, Xc, _ = noisy_classes
+    assert np.array_equal(X, Xc)
+
+
+def test_label_noise_changes_noise_times_nine_tenths_of_the_labels(noisy_classes):
+    _, _, y, _, yc = noisy_classes
     changed = np.mean(y != yc)
     assert 0.2 * 0.9 - 0.02 < changed < 0.2 * 0.9 + 0.02   # a uniform redraw keeps 1/C
+
+
+def test_synthetic_classes_are_int64_and_balanced(noisy_classes):
+    _, _, y, _, _ = noisy_classes
     freq = np.bincount(y, minlength=10) / len(y)
     assert y.dtype == np.int64 and freq.min() > 0.07 and freq.max() < 0.13
-    # the test split is noise-free whatever data.noise says
+
+
+def test_synthetic_test_split_is_noise_free_whatever_data_noise_says(noisy_classes):
+    cfg = noisy_classes[0]
     _, ty = synthetic.generate(cfg.data, 0, 0, 3000, "test")
     _, ty0 = synthetic.generate(make_cfg(noise=0.0).data, 0, 0, 3000, "test")
     assert np.array_equal(ty, ty0)
 
 
-def test_synthetic_binary_and_regression_tasks():
+def test_synthetic_binary_labels_are_0_1_and_balanced():
     Xb, yb = synthetic.generate(make_cfg(task="binary", noise=0.0).data, 0, 0, 4000)
     assert set(np.unique(yb)) == {0, 1} and 0.4 < yb.mean() < 0.6
-    cfg = make_cfg(task="regression", noise=0.5)
-    X, y = synthetic.generate(cfg.data, 0, 0, 4000)
-    X0, y0 = synthetic.generate(make_cfg(task="regression", noise=0.0).data, 0, 0, 4000)
+
+
+def regression(noise):
+    return synthetic.generate(make_cfg(task="regression", noise=noise).data, 0, 0, 4000)
+
+
+def test_synthetic_regression_noise_moves_float64_targets_not_inputs():
+    (X, y), (X0, y0) = regression(0.5), regression(0.0)
     assert y.dtype == np.float64 and np.array_equal(X, X0)
     assert 0.4 < np.std(y - y0) < 0.6
+
+
+def test_synthetic_regression_without_noise_is_exactly_linear():
+    X0, y0 = regression(0.0)
     w = np.linalg.lstsq(X0, y0, rcond=None)[0]
     assert np.allclose(X0 @ w, y0)                     # y = X w* exactly without noise
 
@@ -314,10 +355,16 @@ def test_next_batch_drops_the_last_partial_batch_and_wraps():
     assert (s.epoch, s.pos) == (1, 1)
 
 
-def test_shuffle_depends_on_seed_epoch_and_rank_only():
+def test_shuffle_is_the_same_for_the_same_seed_and_rank():
     a, b = make_shard(), make_shard()
     assert all(np.array_equal(a.next_batch()[2], b.next_batch()[2]) for _ in range(7))
+
+
+def test_shuffle_changes_with_the_seed():
     assert not np.array_equal(make_shard(seed=1).next_batch()[2], make_shard().next_batch()[2])
+
+
+def test_shuffle_changes_with_the_rank():
     assert not np.array_equal(make_shard(rank=1).next_batch()[2], make_shard().next_batch()[2])
 
 

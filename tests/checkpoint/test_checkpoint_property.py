@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from test_checkpoint import TINY, launch
+from checkpoint_jobs import TINY, launch
 
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies

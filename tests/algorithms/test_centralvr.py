@@ -16,7 +16,7 @@ from mpidsgd.data.shard import Shard
 from mpidsgd.models import MODELS, build_model
 from mpidsgd.topology import Topology
 from mpidsgd.train import build
-from centralvr_ref import derivs, grad_sum, simulate
+from refs.centralvr_ref import derivs, grad_sum, simulate
 
 BASE = {"run": {"epochs": 1, "dtype": "float64"}, "model": {"name": "logreg", "l2": 0.01},
         "data": {"n_classes": 2}}
@@ -193,7 +193,7 @@ def test_vr_bench_suites_run_at_a_constant_step(suite):
     quickstart (cosine schedule): each must set the constant step itself."""
     from mpidsgd.bench.train import load_suite
     from mpidsgd.train import QUICKSTART
-    spec, _ = load_suite(os.path.join(os.path.dirname(__file__), "..", "jobs", "bench", f"{suite}.toml"))
+    spec, _ = load_suite(os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "bench", f"{suite}.toml"))
     assert "base" not in spec["suite"]
     for run in spec["runs"]:
         over = spec["suite"].get("set", []) + run.get("set", [])

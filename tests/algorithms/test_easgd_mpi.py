@@ -16,7 +16,7 @@ from mpi4py import MPI
 from mpidsgd.data import Shard
 from mpidsgd.optim import build_optimizer
 from mpiutil import assert_all, sub_comms
-from test_asgd_mpi import run_on, shared_dir
+from ps_runs import run_on, shared_dir
 
 COMM = MPI.COMM_WORLD
 

@@ -47,22 +47,45 @@ def test_defaults_and_resolved_config_round_trip():
     assert again.algo.options == o
 
 
-@pytest.mark.parametrize("P", [2, 3, 8])
-def test_schedule_is_shared_never_self_and_uniform(P):
-    p, T = 0.3, 4000
-    pushes = np.zeros(P)
-    hits = np.zeros((P, P))
-    for t in range(T):
-        push, dest = push_schedule(1, t, P, p)
-        again = push_schedule(1, t, P, p)
-        assert np.array_equal(push, again[0]) and np.array_equal(dest, again[1])
+@pytest.fixture(scope="module", params=[2, 3, 8], ids=lambda P: f"P{P}")
+def schedule(request):
+    """T = 4000 draws of push_schedule at P ranks and p = 0.3, each drawn twice:
+    (P, p, T, [(push, dest, push again, dest again)])."""
+    P, p, T = request.param, 0.3, 4000
+    draws = [(*push_schedule(1, t, P, p), *push_schedule(1, t, P, p)) for t in range(T)]
+    return P, p, T, draws
+
+
+def test_schedule_is_the_same_at_every_call(schedule):
+    # every rank computes the same schedule from (seed, step): nothing to agree on
+    for push, dest, push2, dest2 in schedule[3]:
+        assert np.array_equal(push, push2) and np.array_equal(dest, dest2)
+
+
+def test_schedule_never_sends_to_self(schedule):
+    P = schedule[0]
+    for _, dest, _, _ in schedule[3]:
         assert np.all(dest != np.arange(P))
-        pushes += push
-        hits[np.arange(P), dest] += 1
+
+
+def test_schedule_pushes_at_rate_p(schedule):
+    P, p, T, draws = schedule
+    pushes = sum(push.astype(float) for push, _, _, _ in draws)
     assert np.allclose(pushes / T, p, atol=0.03)
+
+
+def test_schedule_targets_every_other_rank_equally_often(schedule):
     # each other rank equally likely: (P-1) targets, T draws per source
+    P, _, T, draws = schedule
+    hits = np.zeros((P, P))
+    for _, dest, _, _ in draws:
+        hits[np.arange(P), dest] += 1
     off = hits[~np.eye(P, dtype=bool)]
     assert np.allclose(off / T, 1 / (P - 1), atol=0.04)
+
+
+@pytest.mark.parametrize("P", [2, 3, 8])
+def test_local_draw_at_p_1_always_pushes_to_another_rank(P):
     assert local_draw(1, 0, 5, P, 1.0)[0] and local_draw(1, 0, 5, P, 1.0)[1] != 0
 
 
@@ -71,8 +94,10 @@ def test_header_fits_alpha_and_step_in_the_payload_dtype():
     assert HEADER.itemsize == 16
 
 
-@pytest.mark.parametrize("det", [False, True])
-def test_single_rank_trains_locally_and_consensus_is_its_params(det):
+@pytest.fixture(scope="module", params=[False, True], ids=["free", "deterministic"])
+def single_rank(request):
+    """gosgd on one rank (MPI.COMM_SELF), 7 steps and finish(): (algo, x0)."""
+    det = request.param
     cfg = config_from_dict({"run": {"steps": 7, "dtype": "float64"},
                        "algo": {"name": "gosgd", "lr": 0.1, "deterministic": det}})
     topo = Topology(MPI.COMM_SELF)
@@ -92,10 +117,29 @@ def test_single_rank_trains_locally_and_consensus_is_its_params(det):
     while not algo.done():
         algo.step(Shard())
     algo.finish()
+    return algo, x0
+
+
+def test_single_rank_runs_its_steps_synchronously_without_a_mailbox(single_rank):
+    algo, _ = single_rank
     assert algo.step_count == 7 and algo.box is None and algo.synchronous
-    assert not np.array_equal(algo.params, x0)          # it trained
+
+
+def test_single_rank_trains(single_rank):
+    algo, x0 = single_rank
+    assert not np.array_equal(algo.params, x0)
+
+
+def test_single_rank_consensus_is_its_params(single_rank):
+    algo, _ = single_rank
     assert np.array_equal(algo.consensus_params(), algo.params)
-    s = algo.summary()
+
+
+def test_single_rank_keeps_weight_1_and_pushes_nothing(single_rank):
+    s = single_rank[0].summary()
     assert s["gossip_weight_sum"] == 1.0 and s["gossip_pushes_per_rank"] == 0
-    st = algo.state_dict()
+
+
+def test_single_rank_state_is_consensus_step_and_alpha_1(single_rank):
+    st = single_rank[0].state_dict()
     assert set(st["shared"]) == {"consensus", "step"} and st["local"]["alpha"] == 1.0

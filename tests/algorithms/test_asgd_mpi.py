@@ -11,42 +11,16 @@ sub-communicators of one 4-rank launch:
 """
 import json
 import os
-import tempfile
 
 import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpidsgd import train
 from mpidsgd.algorithms.asgd import auto_momentum
-from mpidsgd.topology import Topology
 from mpiutil import assert_all, sub_comms
+from ps_runs import run_on, setup_on, shared_dir
 
 COMM = MPI.COMM_WORLD
-BASE = {"run.steps": 20, "run.eval_every": 0, "run.log_every": 1, "run.progress": "false",
-        "run.seed": 5, "run.dtype": '"float64"', "data.n_samples": 384, "data.n_test": 64,
-        "data.n_features": 8, "data.n_classes": 3, "data.batch_size": 16,
-        "model.hidden": "[8]", "algo.lr": 0.05, "algo.momentum": 0.9,
-        "algo.schedule": "\"constant\""}
-
-
-def shared_dir():
-    path = tempfile.mkdtemp(prefix="mpidsgd-asgd-") if COMM.rank == 0 else None
-    return COMM.bcast(path, root=0)
-
-
-def setup_on(comm, out, sets):
-    items = {**BASE, "run.out_dir": json.dumps(out), **sets}
-    args = train.parse_args([x for k, v in items.items() for x in ("--set", f"{k}={v}")])
-    topo = Topology(comm)
-    cfg, ctx = train.setup(args, topo)
-    return cfg, ctx, topo, args
-
-
-def run_on(comm, out, sets):
-    cfg, ctx, topo, args = setup_on(comm, out, sets)
-    summary = train.run(cfg, ctx, topo, args)
-    return summary, ctx
 
 
 @pytest.mark.parallel(nprocs=4)

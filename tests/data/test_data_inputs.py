@@ -4,7 +4,7 @@ the file, CSV with a header and data.label_column, .npy and non-zip .npz
 refused by name, quotes from a file cut to 80 characters.
 
 Serial: load_data on a COMM_SELF channel with the task the entry point
-decides (startup.resolve_task), as tests/test_data.py does.
+decides (startup.resolve_task), as tests/data/test_data.py does.
 """
 import gzip
 

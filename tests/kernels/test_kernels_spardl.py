@@ -65,29 +65,10 @@ def test_merge_sum_rejects_bad_input():
 # ---------------------------------------------------------------- restore_outside / densify_blocks
 # Oracles: plain Python loops over the definitions (kernels/spardl_residual.py).
 
-from test_kernels import IMPLS, host, impl_name, same, to_impl  # noqa: E402
+from kernel_oracles import (IMPLS, host, impl_name, oracle_densify,  # noqa: E402
+                            oracle_restore, same, to_impl)
 
 from mpidsgd.kernels import densify_blocks, restore_outside  # noqa: E402
-
-
-def _oracle_restore(dst, idx, old, keep, inside=False):
-    out = dst.copy()
-    ks = set(keep.tolist())
-    for j, v in zip(idx.tolist(), old):
-        if (j in ks) == inside:
-            out[j] = v
-    return out
-
-
-def _oracle_densify(n, idx, val, c, divisor):
-    out = np.zeros(n, val.dtype)
-    div = val.dtype.type(divisor)
-    for b in range(idx.shape[0]):
-        for j in range(idx.shape[1]):
-            i = int(idx[b, j])
-            if i != -1 and b * c + i < n:
-                out[b * c + i] = out[b * c + i] + val[b, j] / div
-    return out
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -109,7 +90,7 @@ def test_restore_outside_matches_oracle(impl, dtype, order, inside):
                           rng.choice(n, kk - kk // 2, replace=False)).astype(np.int32)
         d, i, o, k = to_impl(impl, dst.copy(), idx.astype(np.int32), old, keep)
         restore_outside(d, i, o, k, inside=inside, impl=impl_name(impl))
-        assert same(host(d), _oracle_restore(dst, idx, old, keep, inside)), (m, kk)
+        assert same(host(d), oracle_restore(dst, idx, old, keep, inside)), (m, kk)
 
 
 def test_restore_outside_rejects_bad_input():
@@ -143,7 +124,7 @@ def test_densify_blocks_matches_oracle(impl, dtype, case):
     out0 = rng.standard_normal(n).astype(dtype)   # overwritten everywhere
     o, i, v = to_impl(impl, out0.copy(), idx, val)
     densify_blocks(o, i, v, c, 7, impl=impl_name(impl))
-    assert same(host(o), _oracle_densify(n, idx, val, c, 7))
+    assert same(host(o), oracle_densify(n, idx, val, c, 7))
 
 
 def test_densify_blocks_rejects_bad_input():

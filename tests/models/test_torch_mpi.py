@@ -36,7 +36,8 @@ from mpidsgd.algorithms.vrbase import VRBase  # noqa: E402
 from mpidsgd.topology import Topology  # noqa: E402
 from mpiutil import assert_all, sub_comms  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# the folder of torch_factories.py, the model.path of these tests
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers")
 COMM = MPI.COMM_WORLD
 
 

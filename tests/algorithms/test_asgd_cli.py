@@ -2,7 +2,7 @@
 naming the key, exit code 2, on every rank (mpiexec under a timeout)."""
 import pytest
 
-from test_train_cli import TINY, launch
+from cli_launch import TINY, launch
 
 BAD_SERIAL = [
     (["--set", "algo.name=asgd"], "needs at least 2 ranks (rank 0 is the parameter server)"),

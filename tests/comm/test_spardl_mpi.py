@@ -1,5 +1,5 @@
 """SparDL collective under MPI against the plain serial simulation of SparDL
-(tests/spardl_ref.py), plus six properties of SparDL:
+(tests/refs/spardl_ref.py), plus six properties of SparDL:
 
 1 identical results on all ranks; density 1 (d = 1) is the dense mean, E = 0
 2 conservation of gradient mass; off the final support E_new = g + E_old exactly
@@ -20,7 +20,7 @@ from mpidsgd.comm.channel import Channel
 from mpidsgd.comm.spardl import SparDL
 from mpidsgd.comm.spar_reduce_scatter import srs_schedule
 from mpiutil import assert_all, sub_comms
-from spardl_ref import simulate
+from refs.spardl_ref import simulate
 
 STEPS = 2
 

@@ -28,7 +28,7 @@ def test_cuda_kernels_in_simulator():
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__],
         capture_output=True, text=True, env=env, timeout=900,
-        cwd=Path(__file__).resolve().parent.parent)
+        cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and " failed" not in out.stdout
 
@@ -71,7 +71,7 @@ if SIM:
     sys.setswitchinterval(5e-5)
 
     import mpidsgd.kernels as K
-    from test_kernels import (DTYPES, oracle_ef, oracle_mix, oracle_scatter,
+    from kernel_oracles import (DTYPES, oracle_ef, oracle_mix, oracle_scatter,
                               oracle_threshold, oracle_topk, same, vector)
 
     def test_simulator_is_on():
@@ -161,7 +161,7 @@ if SIM:
     @in_sim
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_restore_outside(dtype):
-        from test_kernels_spardl import _oracle_restore
+        from kernel_oracles import oracle_restore
         rng = np.random.default_rng(2)
         dst = rng.standard_normal(300).astype(dtype)
         idx = rng.choice(300, 130, replace=False).astype(np.int32)    # any order
@@ -170,12 +170,12 @@ if SIM:
         for inside in (False, True):
             d = dst.copy()
             K.restore_outside(d, idx, old, keep, inside=inside, impl="cuda")
-            assert same(d, _oracle_restore(dst, idx, old, keep, inside))
+            assert same(d, oracle_restore(dst, idx, old, keep, inside))
 
     @in_sim
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_densify_blocks(dtype):
-        from test_kernels_spardl import _oracle_densify
+        from kernel_oracles import oracle_densify
         rng = np.random.default_rng(3)
         idx = np.stack([np.sort(rng.choice(70, 20, replace=False)) for _ in range(3)])
         idx[1, 15:] = -1
@@ -184,7 +184,7 @@ if SIM:
         val[:, ::5] = dtype(-0.0)
         out = rng.standard_normal(190).astype(dtype)
         K.densify_blocks(out, idx, val, 70, 3, impl="cuda")
-        assert same(out, _oracle_densify(190, idx, val, 70, 3))
+        assert same(out, oracle_densify(190, idx, val, 70, 3))
 
     @in_sim
     @pytest.mark.parametrize("dtype", DTYPES)

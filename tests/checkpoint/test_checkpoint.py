@@ -14,7 +14,6 @@
   rank (no signal), no temporary file or partial record left, the newest good
   checkpoint intact, and `--resume auto` continues from it.
 """
-import glob
 import hashlib
 import json
 import os
@@ -24,7 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import h5py
 import numpy as np
@@ -33,67 +31,7 @@ import pytest
 from mpidsgd.checkpoint.format import (decode, encode, info, list_checkpoints, pack, step_of,
                                        unpack, verify)
 
-TINY = {"run.eval_every": 0, "run.log_every": 1, "run.progress": "false", "data.n_samples": 512,
-        "data.n_test": 64, "data.n_features": 8, "data.n_classes": 3, "data.batch_size": 16,
-        "model.hidden": "[8]", "algo.name": "sgd", "algo.lr": 0.05, "algo.momentum": 0.9}
-
-
-def launch(out, sets, resume=None, n=2, tag=None, wait=True):
-    """mpiexec -n n python -m mpidsgd.train with TINY + sets; (rc, stdout, stderr)."""
-    items = {**TINY, "run.out_dir": json.dumps(str(out)), **sets}
-    cmd = ["mpiexec", "-n", str(n), sys.executable, "-m", "mpidsgd.train"]
-    cmd += [x for k, v in items.items() for x in ("--set", f"{k}={v}")]
-    cmd += ["--resume", resume] if resume else []
-    env = dict(os.environ, MPIDSGD_TEST_TAG=tag or uuid.uuid4().hex)
-    env.pop("_PYTEST_MPI_CHILD_PROCESS", None)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
-    if not wait:
-        return proc
-    out_, err = proc.communicate(timeout=600)
-    return proc.returncode, out_, err
-
-
-def rank_pid(tag, rank):
-    """PID of the training process with MPIDSGD_TEST_TAG=tag and rank `rank`."""
-    for d in glob.glob("/proc/[0-9]*"):
-        try:
-            with open(f"{d}/environ", "rb") as fh:
-                env = dict(kv.split(b"=", 1) for kv in fh.read().split(b"\0") if b"=" in kv)
-            with open(f"{d}/cmdline", "rb") as fh:
-                cmd = fh.read()
-        except OSError:
-            continue
-        if (env.get(b"MPIDSGD_TEST_TAG") == tag.encode() and b"mpidsgd.train" in cmd
-                and env.get(b"PMI_RANK") == str(rank).encode() and b"mpiexec" not in cmd):
-            return int(d.rsplit("/", 1)[1])
-    return None
-
-
-def wait_for(cond, timeout=120.0, what=""):
-    t = time.monotonic()
-    while not cond():
-        if time.monotonic() - t > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def terminate_rank_mid_run(run, sets, n, rank):
-    """Launch a run, SIGTERM rank `rank` once metrics.jsonl has a record, and
-    wait for every rank to exit: (returncode, stderr)."""
-    tag = uuid.uuid4().hex
-    proc = launch(run, sets, n=n, tag=tag, wait=False)
-    try:
-        wait_for(lambda: (run / "metrics.jsonl").exists()
-                 and (run / "metrics.jsonl").stat().st_size > 0, what="training to start")
-        pid = rank_pid(tag, rank)
-        assert pid, f"rank {rank} not found"
-        os.kill(pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, err
+from checkpoint_jobs import TINY, launch, terminate_rank_mid_run, wait_for
 
 
 def digest(path):
@@ -315,7 +253,7 @@ def test_slurm_script_checkpoints_on_usr1_requeues_and_resumes(tmp_path):
     """slurm/train.sbatch as Slurm runs it: SIGUSR1 to the batch shell
     (--signal=B:USR1) -> ranks checkpoint and exit 0 -> scontrol requeue;
     the requeued job (same id, same folder) resumes and finishes."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     fake = tmp_path / "bin"
     fake.mkdir()
     for name, text in (("srun", FAKE_SRUN), ("scancel", FAKE_SCANCEL), ("scontrol", FAKE_SCONTROL)):

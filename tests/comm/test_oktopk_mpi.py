@@ -142,7 +142,7 @@ def test_oktopk_resume_is_bit_identical_across_exact_steps_and_rebalances():
     """The registry-wide sweep resumes oktopk with its defaults (no exact step
     or rebalance after the resume point); here short intervals put both after
     it, and a dense warm-up before it (the counter counts sparse steps)."""
-    from test_checkpoint_mpi import resume_matches, shared_dir
+    from resume_check import resume_matches, shared_dir
     sets = {"algo.name": "'oktopk'", "algo.momentum": 0.0, "algo.threshold_every": 3,
             "algo.region_every": 5, "algo.warmup_dense_steps": 2, "algo.density": 0.05}
     resume_matches(MPI.COMM_WORLD, shared_dir(), "oktopk", sets, "3")

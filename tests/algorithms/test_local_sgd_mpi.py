@@ -1,5 +1,5 @@
 """localsgd / diloco / palsgd under MPI against the serial float64 simulation
-of docs/algorithms/local-sgd.md (tests/local_sgd_ref.py), for every world size
+of docs/algorithms/local-sgd.md (tests/refs/local_sgd_ref.py), for every world size
 1..5 in one launch of 5 ranks (sub-communicators).
 
 Checked per step on every rank: x_k (1e-12 relative), x̄ identical on all
@@ -21,7 +21,7 @@ from mpi4py import MPI
 from mpidsgd import train
 from mpidsgd.comm import costmodel as cm
 from mpidsgd.topology import Topology
-from local_sgd_ref import (build, close, expected_allreduces, make_cfg, problem, run_steps,
+from refs.local_sgd_ref import (build, close, expected_allreduces, make_cfg, problem, run_steps,
                            shards, simulate)
 from mpiutil import assert_all, sub_comms
 

@@ -6,7 +6,7 @@
 - a torch MLP started from the built-in mlp's initial values follows the
   built-in trajectory to 1e-10 (float64, 50 steps) under sgd and spardl.
 
-tests/test_torch_mpi.py has the multi-rank tests and the bad-input cases.
+tests/models/test_torch_mpi.py has the multi-rank tests and the bad-input cases.
 
 Skipped without torch, unless MPIDSGD_REQUIRE_TORCH is set (CI sets it, so
 a missing torch fails there instead of skipping).
@@ -25,7 +25,8 @@ from mpidsgd.catalog import load_config, config_from_dict  # noqa: E402
 from mpidsgd.topology import Topology  # noqa: E402
 from mpidsgd.train import build  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# the folder of torch_factories.py, the model.path of these tests
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers")
 STEPS = 50
 
 
@@ -97,7 +98,7 @@ def test_torch_mlp_follows_the_builtin_mlp_trajectory(algo):
 
 def test_the_example_job_trains_its_cnn(tmp_path):
     from mpidsgd.bench.torch_ddp import write_images
-    root = os.path.dirname(HERE)
+    root = os.path.dirname(os.path.dirname(HERE))
     write_images(str(tmp_path / "img"), n_train=256, n_test=64)
     cfg = load_config(os.path.join(root, "jobs", "torch_cnn.toml"), [
         f'data.path="{tmp_path}/img-train.npz"', f'data.test_path="{tmp_path}/img-test.npz"',
