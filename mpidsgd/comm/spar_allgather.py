@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
-from ..kernels import merge_sum, pack, scatter_add, topk_abs, unpack
+from ..kernels import checks, pack, scatter_add, topk_abs, unpack
+from ..kernels import coalesce as kernels_coalesce
 from .bruck import bruck_allgather
 
 TAG_SAG = 0x5B3
@@ -36,15 +37,15 @@ def coalesce(sels, xp):
     Returns (idx, val): the union's indices ascending and the sums, added in
     list order starting from zero. Indices are unique within each selection
     and may repeat across selections; index -1 (padding) is skipped.
-    On the host, selections whose indices ascend (every selection the
-    collectives make does) are merged linearly (kernels.merge_sum), one after
-    another: the same sums, bit for bit, without sorting the concatenation.
+    Selections whose indices ascend (every selection the collectives make
+    does) are merged linearly, one after another (kernels.coalesce): on the
+    device without leaving it, one count read back per call. Ascent is
+    checked on the host; on the device it is trusted, and checked only in
+    debug mode (kernels.set_checks), since the check is a read-back.
     """
-    if xp is np and all(_ascending(s[0]) for s in sels):
-        idx, val = merge_sum(sels[0][0][:0], sels[0][1][:0], sels[0][0], sels[0][1])
-        for i, v in sels[1:]:
-            idx, val = merge_sum(idx, val, i, v)
-        return idx, val
+    device = xp is not np
+    if device and not checks() or all(_ascending(s[0]) for s in sels):
+        return kernels_coalesce(sels)
     cat = xp.concatenate([s[0] for s in sels])
     union, inv = xp.unique(cat, return_inverse=True)
     inv = inv.reshape(-1).astype(xp.int32)
