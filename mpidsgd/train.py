@@ -111,7 +111,10 @@ def build(cfg, topo):
     from .algorithms import REGISTRY
     from .startup import resolve_task
 
+    from .kernels import set_checks
     task, reason = resolve_task(cfg)
+    # debug: the CUDA kernels validate device inputs by reading them back
+    set_checks(cfg.debug.check_kernels)
     backend = Backend(cfg.run.device, cfg.comm.cuda_aware, topo.local_rank)
     emu = cfg.comm.emulate
     channel = Channel(topo.world, backend=backend, emulate=NetworkEmulation(emu.alpha, emu.beta))

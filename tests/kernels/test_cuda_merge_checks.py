@@ -20,10 +20,11 @@ import pytest
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 in_sim = pytest.mark.skipif(not SIM, reason="runs in the simulator subprocess")
+not_sim = pytest.mark.skipif(SIM, reason="runs in the main process")
 DTYPES = [np.float32, np.float64]
 
 
-@pytest.mark.skipif(SIM, reason="this is the simulator process")
+@not_sim
 def test_in_simulator():
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "NUMBA_NUM_THREADS": "1"}
     out = subprocess.run(
@@ -197,6 +198,7 @@ if SIM:
             sag._ascending = orig
 
 
+@not_sim
 def test_set_checks_switch():
     import mpidsgd.kernels as K
     assert K.checks() is False
@@ -208,6 +210,7 @@ def test_set_checks_switch():
     assert K.checks() is False
 
 
+@not_sim
 def test_pack_int64_range_check_is_a_device_read_back_only_in_debug_mode():
     # a device array (stand-in: an object with the CUDA array interface)
     # of int64 indices: its range is read back only with checks on
@@ -240,3 +243,21 @@ def test_pack_int64_range_check_is_a_device_read_back_only_in_debug_mode():
     finally:
         K.set_checks(False)
     assert reads == ["min", "max"]
+
+
+@not_sim
+@pytest.mark.parametrize("on", [True, False])
+def test_train_sets_checks_from_debug_check_kernels(on, tmp_path):
+    import mpidsgd.kernels as K
+    from mpidsgd import train
+    from mpidsgd.topology import Topology
+    args = train.parse_args(["--set", f"debug.check_kernels={str(on).lower()}",
+                             "--set", f"run.out_dir=\"{tmp_path}\"", "--set", "data.n_samples=64",
+                             "--set", "data.n_test=16", "--set", "data.n_features=4",
+                             "--set", "model.hidden=[4]", "--set", "run.steps=1"])
+    K.set_checks(not on)
+    try:
+        train.setup(args, Topology())
+        assert K.checks() is on
+    finally:
+        K.set_checks(False)
