@@ -68,9 +68,25 @@ def cut(idx, val, k, xp):
     if idx.size <= k:
         return idx, val, idx[:0], val[:0]
     pos, kept = topk_abs(val, k)
-    drop = xp.ones(idx.size, bool)
-    drop[pos] = False
+    if xp is np:
+        drop = np.ones(idx.size, bool)
+        drop[pos] = False
+    else:                       # a boolean mask would read its count back
+        drop = complement(pos, idx.size, xp)
     return idx[pos], kept, idx[drop], val[drop]
+
+
+def complement(pos, n, xp):
+    """The positions of [0, n) not in `pos` (unique), ascending, without a
+    read-back: each one goes to its rank among them, the kept ones to one
+    spare slot at the end that is cut off."""
+    m = n - pos.size
+    kept = xp.zeros(n, bool)
+    kept[pos] = True
+    rank = xp.cumsum(~kept) - 1
+    out = xp.empty(m + 1, xp.int64)
+    out[xp.where(kept, m, rank)] = xp.arange(n)
+    return out[:m]
 
 
 def bsag(block, h, k_b, *, channel, touched=None):

@@ -261,3 +261,23 @@ def test_train_sets_checks_from_debug_check_kernels(on, tmp_path):
         assert K.checks() is on
     finally:
         K.set_checks(False)
+
+
+@not_sim
+def test_cut_on_the_device_path_needs_no_boolean_mask():
+    # the device branch of spar_allgather.cut (complement: no count read
+    # back), driven through a stand-in array module, against the host branch
+    from mpidsgd.comm.spar_allgather import complement, cut
+
+    class NotNumpy:                              # numpy, but not `np`
+        def __getattr__(self, name):
+            return getattr(np, name)
+    rng = np.random.default_rng(5)
+    for n in [1, 7, 300]:
+        for k in sorted({0, 1, n // 3, n - 1, n}):
+            pos = np.sort(rng.choice(n, k, replace=False))
+            assert complement(pos, n, np).tolist() == np.setdiff1d(np.arange(n), pos).tolist()
+            idx = np.sort(rng.choice(10 * n + 1, n, replace=False)).astype(np.int32)
+            val = rng.standard_normal(n)
+            got, ref = cut(idx, val, k, NotNumpy()), cut(idx, val, k, np)
+            assert all(np.array_equal(a, b) for a, b in zip(got, ref)), (n, k)
