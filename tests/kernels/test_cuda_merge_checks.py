@@ -48,6 +48,19 @@ def _bits_equal(a, b):
     return a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
+def _gpu():
+    if SIM:
+        return False
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+gpu = pytest.mark.skipif(not _gpu(), reason="CuPy tests need a GPU")
+
+
 @pytest.fixture
 def copies(monkeypatch):
     """A list that gets one entry per device-to-host copy."""
@@ -281,3 +294,51 @@ def test_cut_on_the_device_path_needs_no_boolean_mask():
             val = rng.standard_normal(n)
             got, ref = cut(idx, val, k, NotNumpy()), cut(idx, val, k, np)
             assert all(np.array_equal(a, b) for a, b in zip(got, ref)), (n, k)
+
+
+# ---------------------------------------------------------------- on a GPU (.ci/gpu)
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """A list that gets one entry per read-back of the CUDA kernels (Device.host)."""
+    from mpidsgd.kernels.cuda import util
+    seen = []
+    orig = util.Device.host
+
+    def counted(self, d):
+        seen.append(int(d.size))
+        return orig(self, d)
+    monkeypatch.setattr(util.Device, "host", counted)
+    return seen
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, d", [(50, 1), (1000, 3), (300_000, 4)])   # > 4096 chunks of 32
+def test_gpu_coalesce_matches_reference_one_read_back(dtype, n, d, host_reads):
+    import cupy
+    import mpidsgd.kernels as K
+    from mpidsgd.kernels.spardl_merge import coalesce_numpy
+    rng = np.random.default_rng(n + d)
+    sels = [_sel(rng, n, int(rng.integers(0, n // 2)), dtype, pad=s % 3) for s in range(d)]
+    i, v = K.coalesce([(cupy.asarray(a), cupy.asarray(b)) for a, b in sels])
+    ri, rv = coalesce_numpy(sels)
+    assert isinstance(i, cupy.ndarray) and host_reads == [1]
+    assert cupy.asnumpy(i).tolist() == ri.tolist() and _bits_equal(cupy.asnumpy(v), rv)
+
+
+@gpu
+def test_gpu_scatter_add_reads_back_only_in_debug_mode(host_reads):
+    import cupy
+    import mpidsgd.kernels as K
+    d = cupy.zeros(6, cupy.float32)
+    idx = cupy.asarray(np.array([1, 9, -1, 1, -4, 5], np.int32))
+    K.scatter_add(d, idx, cupy.ones(6, cupy.float32))
+    assert host_reads == [] and cupy.asnumpy(d).tolist() == [0, 2, 0, 0, 0, 1]
+    K.set_checks(True)
+    try:
+        with pytest.raises(ValueError, match=r"idx\[1\] = 9"):
+            K.scatter_add(d, idx, cupy.ones(6, cupy.float32))
+    finally:
+        K.set_checks(False)
+    assert host_reads == [1]
