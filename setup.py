@@ -31,8 +31,9 @@ setup(
         "mpich": ["mpich"],
         "openmpi": ["openmpi"],
         # CuPy and the Numba CUDA target (numba-cuda) for a CUDA 12 or 13 driver
-        "gpu": ["cupy-cuda12x", "numba-cuda[cu12]"],
-        "gpu-cuda13": ["cupy-cuda13x", "numba-cuda[cu13]"],
+        # (CuPy 13 and later: ndarray.get(blocking=False), the staged copies' overlap)
+        "gpu": ["cupy-cuda12x>=13", "numba-cuda[cu12]"],
+        "gpu-cuda13": ["cupy-cuda13x>=13", "numba-cuda[cu13]"],
         "plot": ["matplotlib"],
         # the documentation site: mkdocs build --strict (mkdocs.yml)
         "docs": ["mkdocs>=1.6", "pymdown-extensions>=10"],

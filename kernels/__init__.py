@@ -20,18 +20,21 @@ module, so there is no import loop.
     scatter_add(dst, idx, val)      dst[idx] += val (duplicates add; -1 skipped)
     pack(idx, val) -> buf, unpack(buf, k, dtype) -> (idx, val), packed_nbytes
     mix(x, other, w)                x += w * (other - x), in place
-    merge_sum(ia, va, ib, vb)       -> (idx, sums)  union of two sorted selections (CPU)
+    merge_sum(ia, va, ib, vb)       -> (idx, sums)  union of two sorted selections
+    coalesce([(idx, val), ...])     -> (idx, sums)  merge_sum over many, in list order
     restore_outside(dst, idx, old, keep)   dst[idx] = old except at keep (SparDL residual)
     densify_blocks(out, idx, val, c, d)    out <- sparse blocks of c, / d, zeros elsewhere
+    set_checks(on), checks()        validate device inputs by a host read-back (debug)
 """
-from .common import IMPLS
+from .common import IMPLS, checks, set_checks
 from .ef import ef_select
 from .mixing import mix
 from .packing import pack, packed_nbytes, unpack
 from .scatter import scatter_add
-from .spardl_merge import merge_sum
+from .spardl_merge import coalesce, merge_sum
 from .spardl_residual import densify_blocks, restore_outside
 from .topk import threshold_select, topk_abs
 
-__all__ = ["IMPLS", "densify_blocks", "ef_select", "merge_sum", "mix", "pack", "packed_nbytes",
-           "restore_outside", "scatter_add", "threshold_select", "topk_abs", "unpack"]
+__all__ = ["IMPLS", "checks", "coalesce", "densify_blocks", "ef_select", "merge_sum", "mix",
+           "pack", "packed_nbytes", "restore_outside", "scatter_add", "set_checks",
+           "threshold_select", "topk_abs", "unpack"]

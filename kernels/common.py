@@ -41,6 +41,25 @@ def dispatch(registry, impl, *arrays):
     return registry[choose(impl, *arrays)]
 
 
+# --- debug checks on the device ----------------------------------------------
+# Validating a device array's contents (an index range, an ascending list)
+# means reading a result back to the host: a synchronisation per call. Off by
+# default; host (NumPy) inputs are always checked, which costs no round trip.
+
+_CHECKS = {"on": False}
+
+
+def set_checks(on):
+    """Validate device inputs with a host read-back (True) or trust them
+    (False, the default). `train` sets it from `debug.check_kernels`."""
+    _CHECKS["on"] = bool(on)
+
+
+def checks():
+    """Whether device inputs are validated (see set_checks)."""
+    return _CHECKS["on"]
+
+
 # --- argument checks (one place, same messages for every implementation) ---
 
 def check_vector(name, a, dtypes=FLOATS):

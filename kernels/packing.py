@@ -22,10 +22,12 @@ from .cpu import packing as cpu
 
 
 def _as_int32(idx):
-    """int32 indices; int64 ones are accepted when they fit."""
+    """int32 indices; int64 ones are accepted when they fit (on the device
+    that check is a read-back: debug mode only, kernels.set_checks)."""
     if idx.dtype == np.int32:
         return idx
-    if idx.size and (int(idx.min()) < -2**31 or int(idx.max()) >= 2**31):
+    checked = D.checks() or not D.is_device_array(idx)
+    if checked and idx.size and (int(idx.min()) < -2**31 or int(idx.max()) >= 2**31):
         raise ValueError("pack: indices do not fit in int32")
     return idx.astype(np.int32)
 

@@ -4,14 +4,19 @@
     leading -1 entries are padding and skipped), ascending, with
     sums[u] = (0 + va[u]) + vb[u]   (an absent term is not added)
 
-in the dtype of va. This is the coalescing of two selections that the sparse
-collectives (comm/spar_allgather.py) do at every Spar-All-Gather step; the
-"cpu" version is one linear merge instead of a sort of the concatenation, and
-gives the same bits as the NumPy reference (additions in the same order,
-starting from zero, so a lone -0.0 becomes +0.0 in both).
+in the dtype of va. `coalesce(sels)` merges a list of such selections one
+after another in list order (the Spar-All-Gather coalescing of
+comm/spar_allgather.py). The "cpu" version is one linear merge instead of a
+sort of the concatenation, the "cuda" version a merge-path merge on the
+device (kernels/cuda/merge.py) that reads back only the final count, however
+many selections; all give the same bits as the NumPy reference (additions in
+the same order, starting from zero, so a lone -0.0 becomes +0.0 in all).
+The inputs' order and uniqueness are trusted, not checked (a device check
+would be a read-back).
 """
 import numpy as np
 
+from . import common as D
 from .cpu import spardl as cpu
 
 
@@ -27,7 +32,38 @@ def merge_sum_numpy(ia, va, ib, vb):
     return union[keep], sums[keep]
 
 
-_MERGE = {"numpy": merge_sum_numpy, "cpu": cpu.merge_sum}
+def _merge_cuda(ia, va, ib, vb):
+    from .cuda import merge
+    return merge.merge_sum(ia, va, ib, vb)
+
+
+def coalesce_numpy(sels):
+    """Reference: merge_sum_numpy from an empty selection, in list order."""
+    idx, val = sels[0][0][:0], sels[0][1][:0]
+    for i, v in sels:
+        idx, val = merge_sum_numpy(idx, val, i, v)
+    return idx, val
+
+
+def coalesce_cpu(sels):
+    idx, val = sels[0][0][:0], sels[0][1][:0]
+    for i, v in sels:
+        idx, val = cpu.merge_sum(idx, val, i, v)
+    return idx, val
+
+
+def _coalesce_cuda(sels):
+    from .cuda import merge
+    return merge.coalesce(sels)
+
+
+_MERGE = {"numpy": merge_sum_numpy, "cpu": cpu.merge_sum, "cuda": _merge_cuda}
+_COALESCE = {"numpy": coalesce_numpy, "cpu": coalesce_cpu, "cuda": _coalesce_cuda}
+
+
+def _check_pair(ia, va):
+    if ia.ndim != 1 or ia.shape != va.shape:
+        raise ValueError("merge_sum: idx and values must be 1-D and of equal length")
 
 
 def merge_sum(ia, va, ib, vb, *, impl=None):
@@ -35,13 +71,23 @@ def merge_sum(ia, va, ib, vb, *, impl=None):
 
     ia, ib: 1-D integer arrays, ascending, unique apart from leading -1s;
     va, vb: their values (float32/float64, va's dtype is the result's).
-    Returns (idx, sums), idx ascending without -1. NumPy arrays only
-    (impl "numpy" or "cpu"; default "cpu").
+    Returns (idx, sums), idx ascending without -1. NumPy or CuPy arrays
+    (by array type, or impl = "numpy" | "cpu" | "cuda").
     """
-    if ia.shape != va.shape or ib.shape != vb.shape or ia.ndim != 1:
-        raise ValueError("merge_sum: idx and values must be 1-D and of equal length")
-    if impl is None:
-        impl = "cpu"
-    if impl not in _MERGE:
-        raise ValueError(f"merge_sum: impl must be one of {tuple(_MERGE)}, got {impl!r}")
-    return _MERGE[impl](ia, va, ib, vb)
+    _check_pair(ia, va)
+    _check_pair(ib, vb)
+    return D.dispatch(_MERGE, impl, ia, va, ib, vb)(ia, va, ib, vb)
+
+
+def coalesce(sels, *, impl=None):
+    """Union of the selections [(idx, val), ...] with values summed in list
+    order from zero: merge_sum applied one selection after another, each
+    selection ascending and unique apart from leading -1s. Returns
+    (idx, sums) in the first selection's value dtype; on the device one
+    scalar (the count) is read back, however long the list.
+    """
+    if not sels:
+        raise ValueError("coalesce: needs at least one selection")
+    for i, v in sels:
+        _check_pair(i, v)
+    return D.dispatch(_COALESCE, impl, *[a for s in sels for a in s])(sels)

@@ -93,3 +93,46 @@ class Backend:
     def stage_in(self, host, a):
         """Copy a host buffer MPI wrote back into the device buffer `a`."""
         a.set(host)
+
+
+class StagedMessage:
+    """A message of `nbytes` assembled part by part in a reusable host buffer
+    (pinned on the GPU), for MPI to read without a staging copy of its own.
+
+    put(offset, a) copies array a's bytes to that offset. A device array's
+    copy is queued on a separate copy stream, after the work already queued
+    on the current stream (an event orders it): the caller can queue the
+    next part's kernels while this part is copied. finish() waits for the
+    copies and returns the uint8 host buffer. The buffer is the backend's
+    one for `slot`: reusable once MPI is done with the message."""
+
+    def __init__(self, backend: Backend, nbytes: int, slot):
+        self.backend = backend
+        self.buf = backend.host_buffer(int(nbytes), np.uint8, slot)
+        self.keep = []            # device parts stay alive until copied
+
+    def put(self, offset: int, a):
+        view = self.buf[offset:offset + a.nbytes]
+        if not is_device_array(a):
+            view[:] = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+            return
+        cp = self.backend.xp
+        a = cp.ascontiguousarray(a)
+        ready = cp.cuda.Event(block=False, disable_timing=True)
+        ready.record()
+        stream = self._copy_stream()
+        stream.wait_event(ready)
+        a.view(cp.uint8).reshape(-1).get(out=view, stream=stream, blocking=False)
+        self.keep.append(a)
+
+    def finish(self) -> np.ndarray:
+        if self.keep:
+            self._copy_stream().synchronize()
+            self.keep = []
+        return self.buf
+
+    def _copy_stream(self):
+        b = self.backend
+        if getattr(b, "_copy", None) is None:
+            b._copy = b.xp.cuda.Stream(non_blocking=True)
+        return b._copy

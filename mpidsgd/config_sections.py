@@ -215,6 +215,7 @@ class DebugConfig:
     fail_at_step: int = doc(-1, "testing aid: raise an error at this step (-1 = never)")
     fail_rank: int = doc(0, "testing aid: the rank that raises")
     slow_checkpoint_s: float = doc(0.0, "testing aid: sleep this long inside each checkpoint write")
+    check_kernels: bool = doc(False, "validate the CUDA kernels' device inputs (a host read-back per call; kernels.set_checks)")
 
 
 SECTIONS = {"run": RunConfig, "data": DataConfig, "model": ModelConfig, "algo": AlgoConfig,

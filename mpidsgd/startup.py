@@ -1,6 +1,6 @@
 """Start-up decisions and checks of `python -m mpidsgd.train`, before any
-data is read or memory allocated: the label task, the device, the output
-folder and the model's memory. Each failure is a ConfigError whose message
+data is read or memory allocated: the label task, the device, CUDA-aware
+MPI, the output folder and the model's memory. Each failure is a ConfigError whose message
 train.py prints as one `mpidsgd: error:` line on rank 0 (exit 2 everywhere).
 """
 from __future__ import annotations
@@ -79,6 +79,22 @@ def check_device(cfg):
         raise ConfigError(f"run.device = cuda but CUDA cannot list GPUs ({type(exc).__name__})") from None
     if n == 0:
         raise ConfigError("run.device = cuda but no GPU is visible")
+
+
+def check_cuda_aware(cfg, support=None) -> list:
+    """comm.cuda_aware = true with run.device = cuda needs an MPI that reads
+    device buffers (comm/cuda_aware.py): refused where the library says it
+    does not; a note where it cannot tell. (On the CPU there are no device
+    buffers and the key changes nothing.) `support` replaces the query (tests)."""
+    if not (cfg.comm.cuda_aware and cfg.run.device == "cuda"):
+        return []
+    from .comm.cuda_aware import cuda_support, refusal
+    ok, why = cuda_support() if support is None else support
+    if ok is False:
+        raise ConfigError(refusal(why))
+    if ok is None:
+        return [f"comm.cuda_aware = true: cannot tell whether MPI is CUDA-aware ({why}); trusting it"]
+    return []
 
 
 def check_writable_dir(path, key):

@@ -80,7 +80,7 @@ def setup(args, topo):
         # the algorithm's own rules run here, once, with the world size
         cfg, notes = load_cli(args.config, args.overrides, world_size=topo.size)
         if not args.print_config:
-            check_start(cfg, topo)
+            notes = list(notes) + check_start(cfg, topo)
         return cfg, notes
     cfg, notes = agreed_input(topo, load)
     if args.print_config:
@@ -94,12 +94,15 @@ def setup(args, topo):
 
 
 def check_start(cfg, topo):
-    """Start-up checks that need no data (startup.py): device, output folder."""
+    """Start-up checks that need no data (startup.py): device, CUDA-aware
+    MPI, output folder. Returns notes for rank 0 to print."""
     from . import startup
     startup.resolve_task(cfg)
     startup.check_device(cfg)
+    notes = startup.check_cuda_aware(cfg)
     if topo.is_root:
         startup.check_writable_dir(cfg.run.out_dir, "run.out_dir")
+    return notes
 
 
 def build(cfg, topo):
@@ -111,7 +114,10 @@ def build(cfg, topo):
     from .algorithms import REGISTRY
     from .startup import resolve_task
 
+    from .kernels import set_checks
     task, reason = resolve_task(cfg)
+    # debug: the CUDA kernels validate device inputs by reading them back
+    set_checks(cfg.debug.check_kernels)
     backend = Backend(cfg.run.device, cfg.comm.cuda_aware, topo.local_rank)
     emu = cfg.comm.emulate
     channel = Channel(topo.world, backend=backend, emulate=NetworkEmulation(emu.alpha, emu.beta))

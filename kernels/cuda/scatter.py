@@ -1,9 +1,10 @@
 """Numba CUDA scatter_add: one thread per update, atomic adds, -1 skipped.
 
 Atomic float adds commute only up to rounding: repeated indices are summed in
-an unspecified order. Indices are validated by `first_bad` (a min-reduction of
-the positions of bad indices) before any add, so a bad index leaves dst as it
-was.
+an unspecified order. In debug mode (kernels.set_checks) indices are validated
+by `first_bad` (a min-reduction of the positions of bad indices, read back)
+before any add, so a bad index leaves dst as it was; otherwise nothing is read
+back and the kernel skips every index outside [0, n).
 """
 import numpy as np
 from numba import cuda
@@ -24,7 +25,7 @@ def _first_bad(idx, n, out):
 def _scatter(dst, idx, val):
     for i in range(cuda.grid(1), idx.size, cuda.gridsize(1)):
         j = idx[i]
-        if j >= 0:
+        if j >= 0 and j < dst.size:
             cuda.atomic.add(dst, j, val[i])
 
 

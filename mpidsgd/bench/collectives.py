@@ -26,7 +26,9 @@ byte as sleep in the Channel; repeat it (and `none`) to measure several
 networks in one run. The machine may be shared: the load average is printed.
 --device cuda puts the gradient in GPU memory (CuPy; one GPU per rank by
 node-local rank): selection runs in the CUDA kernels and MPI reads pinned host
-copies, or the device buffers themselves with --cuda-aware.
+copies, or the device buffers themselves with --cuda-aware (--cuda-aware
+compare: both, one after the other, in the same run; only the staged pass
+where MPI is not CUDA-aware, comm/cuda_aware.py).
 """
 from __future__ import annotations
 
@@ -53,9 +55,12 @@ def register(sub):
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where the gradient lives: cuda = CuPy arrays and the CUDA kernels, one "
                         "GPU per rank by node-local rank (default cpu)")
-    p.add_argument("--cuda-aware", action="store_true",
-                   help="hand device buffers to MPI directly (CUDA-aware MPI only); "
-                        "default: staged through pinned host memory")
+    p.add_argument("--cuda-aware", dest="cuda_aware_mode", nargs="?", const="on",
+                   default="off", choices=["off", "on", "compare"],
+                   help="hand device buffers to MPI directly (CUDA-aware MPI only; refused "
+                        "where the library says it is not); compare = run every scheme "
+                        "staged, then CUDA-aware, in one run; default: staged through "
+                        "pinned host memory")
     p.add_argument("--reps", type=int, default=5, help="timed calls per scheme (median)")
     p.add_argument("--oktopk-steps", type=int, default=0, metavar="N",
                    help="also report Ok-Topk's mean traffic over N consecutive steps on fresh "
@@ -211,7 +216,7 @@ def bench(topo, backend, n, args, alpha, beta, keep):
     return records
 
 
-def _gpu_name(backend):
+def _gpu_name(backend, compared=False):
     """'no GPU' or the device's name, staging mode included."""
     if backend.device != "cuda":
         return "no GPU (NumPy arrays)"
@@ -219,14 +224,19 @@ def _gpu_name(backend):
     name = cupy.cuda.runtime.getDeviceProperties(backend.gpu)["name"]
     name = name.decode() if isinstance(name, bytes) else name
     how = "CUDA-aware MPI" if backend.cuda_aware else "staged through pinned host memory"
+    if compared:
+        how = "staged through pinned host memory, then CUDA-aware MPI (column mpi)"
     return f"GPU {name} (CuPy arrays, {how})"
 
 
 def print_table(records, where):
     print(f"collectives: {where}")
+    both = len({r["cuda_aware"] for r in records}) > 1
     print(f"{'network':>16} {'scheme':<18} {'P':>3} {'k':>9} {'ms':>9} {'MB/rank':>9} "
-          f"{'msgs':>6} {'pred MB':>9} {'pred ms':>8} {'x LB':>6} {'vs dense':>8}")
+          f"{'msgs':>6} {'pred MB':>9} {'pred ms':>8} {'x LB':>6} {'vs dense':>8}"
+          + (f" {'mpi':>6}" if both else ""))
     for r in records:
+        mpi = (f" {'aware' if r['cuda_aware'] else 'staged':>6}") if both else ""
         net = "none" if not (r["alpha"] or r["beta"]) else f"{r['alpha']:g},{r['beta']:g}"
         lb = r["lower_bound_bytes"]
         xlb = f"{r['bytes_per_rank'] / lb:.2f}" if lb else "-"
@@ -234,7 +244,7 @@ def print_table(records, where):
         vs = "-" if r["ratio_vs_dense"] is None else f"{r['ratio_vs_dense']:.3f}x"
         print(f"{net:>16} {r['scheme']:<18} {r['P']:>3} {r['k']:>9} {r['ms']:>9.2f} "
               f"{r['bytes_per_rank'] / 1e6:>9.3f} {r['messages_per_rank']:>6.2f} "
-              f"{r['predicted_bytes'] / 1e6:>9.3f} {pm:>8} {xlb:>6} {vs:>8}")
+              f"{r['predicted_bytes'] / 1e6:>9.3f} {pm:>8} {xlb:>6} {vs:>8}{mpi}")
 
 
 def _oktopk_traffic(topo, backend, args):
@@ -246,21 +256,45 @@ def _oktopk_traffic(topo, backend, args):
     return [oktopk_traffic(ch, n, args, args.oktopk_steps) for n in args.n]
 
 
+def _mpi_modes(args, root):
+    """The staging modes to run ([False], [True] or [False, True]), or None
+    (and one error line) when CUDA-aware MPI is asked of a library without it."""
+    mode = getattr(args, "cuda_aware_mode", "off")
+    if args.device != "cuda" or mode == "off":
+        return [False]
+    from ..comm.cuda_aware import cuda_support, refusal
+    ok, why = cuda_support()
+    if ok is False and mode == "on":
+        if root:
+            print(f"mpidsgd: error: --cuda-aware: {refusal(why)}", flush=True)
+        return None
+    if ok is False:
+        if root:
+            print(f"mpidsgd: --cuda-aware compare: MPI is not CUDA-aware ({why}): staged only")
+        return [False]
+    return [True] if mode == "on" else [False, True]
+
+
 def run(args):
     from ..backend import Backend
     from ..topology import Topology
     topo = Topology()
-    backend = Backend(args.device, args.cuda_aware, topo.local_rank)
+    modes = _mpi_modes(args, topo.is_root)
+    if modes is None:
+        return 2
     keep = set(args.schemes.split(",")) if args.schemes else None
     records = []
-    for n in args.n:
-        for alpha, beta in _emulations(args.emulate):
-            records += bench(topo, backend, n, args, alpha, beta, keep)
+    for aware in modes:
+        args.cuda_aware = aware                 # the records' and Ok-Topk's field
+        backend = Backend(args.device, aware, topo.local_rank)
+        for n in args.n:
+            for alpha, beta in _emulations(args.emulate):
+                records += bench(topo, backend, n, args, alpha, beta, keep)
     traffic = _oktopk_traffic(topo, backend, args)
     if topo.is_root:
         load = os.getloadavg()
         where = (f"{_cpu_name()}, {os.cpu_count()} cores, {topo.size} ranks; "
-                 f"{_gpu_name(backend)}; dtype "
+                 f"{_gpu_name(backend, len(modes) > 1)}; dtype "
                  f"{args.dtype}, density {args.density}, median of {args.reps}; "
                  f"load average {load[0]:.2f} {load[1]:.2f}")
         print_table(records, where)

@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
-from ..kernels import merge_sum, pack, scatter_add, topk_abs, unpack
+from ..kernels import checks, pack, scatter_add, topk_abs, unpack
+from ..kernels import coalesce as kernels_coalesce
 from .bruck import bruck_allgather
 
 TAG_SAG = 0x5B3
@@ -36,15 +37,15 @@ def coalesce(sels, xp):
     Returns (idx, val): the union's indices ascending and the sums, added in
     list order starting from zero. Indices are unique within each selection
     and may repeat across selections; index -1 (padding) is skipped.
-    On the host, selections whose indices ascend (every selection the
-    collectives make does) are merged linearly (kernels.merge_sum), one after
-    another: the same sums, bit for bit, without sorting the concatenation.
+    Selections whose indices ascend (every selection the collectives make
+    does) are merged linearly, one after another (kernels.coalesce): on the
+    device without leaving it, one count read back per call. Ascent is
+    checked on the host; on the device it is trusted, and checked only in
+    debug mode (kernels.set_checks), since the check is a read-back.
     """
-    if xp is np and all(_ascending(s[0]) for s in sels):
-        idx, val = merge_sum(sels[0][0][:0], sels[0][1][:0], sels[0][0], sels[0][1])
-        for i, v in sels[1:]:
-            idx, val = merge_sum(idx, val, i, v)
-        return idx, val
+    device = xp is not np
+    if device and not checks() or all(_ascending(s[0]) for s in sels):
+        return kernels_coalesce(sels)
     cat = xp.concatenate([s[0] for s in sels])
     union, inv = xp.unique(cat, return_inverse=True)
     inv = inv.reshape(-1).astype(xp.int32)
@@ -67,9 +68,25 @@ def cut(idx, val, k, xp):
     if idx.size <= k:
         return idx, val, idx[:0], val[:0]
     pos, kept = topk_abs(val, k)
-    drop = xp.ones(idx.size, bool)
-    drop[pos] = False
+    if xp is np:
+        drop = np.ones(idx.size, bool)
+        drop[pos] = False
+    else:                       # a boolean mask would read its count back
+        drop = complement(pos, idx.size, xp)
     return idx[pos], kept, idx[drop], val[drop]
+
+
+def complement(pos, n, xp):
+    """The positions of [0, n) not in `pos` (unique), ascending, without a
+    read-back: each one goes to its rank among them, the kept ones to one
+    spare slot at the end that is cut off."""
+    m = n - pos.size
+    kept = xp.zeros(n, bool)
+    kept[pos] = True
+    rank = xp.cumsum(~kept) - 1
+    out = xp.empty(m + 1, xp.int64)
+    out[xp.where(kept, m, rank)] = xp.arange(n)
+    return out[:m]
 
 
 def bsag(block, h, k_b, *, channel, touched=None):

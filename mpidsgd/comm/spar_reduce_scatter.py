@@ -24,8 +24,8 @@ is logged so that the caller zeroes it where it stays on the final support
 """
 from __future__ import annotations
 
-from ..backend import array_module
-from ..kernels import ef_select, pack, scatter_add, topk_abs, unpack
+from ..backend import StagedMessage, array_module
+from ..kernels import ef_select, scatter_add, topk_abs, unpack
 from .costmodel import log2ceil
 
 TAG_SRS = 0x5B2
@@ -86,18 +86,25 @@ def _take(A, b, k_b, touched, lazy):
     return idx, val
 
 
-def _exchange(channel, xp, sels, dest, src, k_b, dtype):
-    """Send the selections as one packed message, receive as many blocks."""
-    m = len(sels)
-    if m == 1:
-        msg = pack(*sels[0])
-    else:
-        msg = pack(xp.concatenate([s[0] for s in sels]), xp.concatenate([s[1] for s in sels]))
-    buf = xp.empty(msg.size, xp.uint8)
-    channel.Sendrecv(msg, dest, buf, src, sendtag=TAG_SRS, recvtag=TAG_SRS)
+def _exchange(channel, xp, blocks, take, dest, src, k_b, dtype):
+    """Select the blocks one by one and send them as one packed message
+    (kernels/packing.py's layout: every index, then every value), receive
+    as many blocks. Each selection is copied into the host message as soon
+    as it is made (backend.StagedMessage): on the GPU that copy runs while
+    the next block is selected, and MPI reads the pinned message directly."""
+    m, s = len(blocks), dtype.itemsize
+    msg = StagedMessage(channel.backend, m * k_b * (4 + s), slot="srs")
+    for j, b in enumerate(blocks):
+        idx, val = take(b)
+        if idx.size != k_b:
+            raise ValueError(f"block {b}: a selection of {idx.size} entries, not k_b = {k_b}")
+        msg.put(4 * j * k_b, idx.astype(xp.int32, copy=False))
+        msg.put(4 * m * k_b + s * j * k_b, val)
+    host = msg.finish()
+    buf = xp.empty(host.size, xp.uint8)
+    channel.Sendrecv(host, dest, buf, src, sendtag=TAG_SRS, recvtag=TAG_SRS)
     idx, val = unpack(buf, m * k_b, dtype)
-    sent = msg.nbytes // (4 + dtype.itemsize)
-    return [(idx[j * k_b:(j + 1) * k_b], val[j * k_b:(j + 1) * k_b]) for j in range(m)], sent
+    return [(idx[j * k_b:(j + 1) * k_b], val[j * k_b:(j + 1) * k_b]) for j in range(m)], m * k_b
 
 
 def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None, touched=None, lazy=None):
@@ -126,8 +133,9 @@ def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None, touched=None
         dest, src = (r + gap) % P, (r - gap) % P
         groups = [range(s)] if batched else [[j] for j in range(s)]
         for js in groups:
-            sels = [_take(A, (dest + j) % P, k_b, touched, lazy) for j in js]
-            got, sent = _exchange(channel, xp, sels, dest, src, k_b, A.dtype)
+            blocks = [(dest + j) % P for j in js]
+            got, sent = _exchange(channel, xp, blocks, lambda b: _take(A, b, k_b, touched, lazy),
+                                  dest, src, k_b, A.dtype)
             if log is not None:
                 log.append(sent)
             # the j-th received block is block (r + j) mod P, still kept here

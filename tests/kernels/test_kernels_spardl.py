@@ -59,7 +59,7 @@ def test_merge_sum_rejects_bad_input():
         merge_sum(np.zeros(2, np.int32), np.zeros(3), np.zeros(0, np.int32), np.zeros(0))
     with pytest.raises(ValueError):
         merge_sum(np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.int32), np.zeros(0),
-                  impl="cuda")
+                  impl="gpu")
 
 
 # ---------------------------------------------------------------- restore_outside / densify_blocks
