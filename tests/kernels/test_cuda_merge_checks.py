@@ -1,7 +1,7 @@
 """CUDA merge_sum / coalesce and the debug checks (kernels.set_checks), in
 Numba's simulator, against the NumPy reference, bit for bit.
 
-As in tests/test_kernels_cuda.py, the simulator must be on before
+As in tests/kernels/test_kernels_cuda.py, the simulator must be on before
 numba.cuda is first imported: the launcher test below reruns this file in a
 fresh pytest with NUMBA_ENABLE_CUDASIM=1, where the other tests run. The
 simulator runs one Python thread per GPU thread, so sizes stay small; the
