@@ -67,23 +67,42 @@ def test_mixing_step_may_not_overshoot_at_the_peak_lr():
     load("algo.lr=10.0", "algo.p=0.0", "algo.mix_rate=1.0")   # no mixing, no bound
 
 
-def test_mixing_draws_rate_and_independence():
-    p, n = 0.3, 3 * BLOCK + 5          # across block boundaries
-    u = np.array([[draws(t) for t in range(n)] for draws in
-                  (MixingDraws(7, r, False) for r in range(3))])
+P_MIX, N_MIX = 0.3, 3 * BLOCK + 5          # across block boundaries
+
+
+@pytest.fixture(scope="module")
+def own_draws():
+    """Per-rank mixing draws (same_draws off) of ranks 0..2, seed 7, N_MIX steps."""
+    return np.array([[draws(t) for t in range(N_MIX)] for draws in
+                     (MixingDraws(7, r, False) for r in range(3))])
+
+
+def test_mixing_draws_hit_at_rate_p(own_draws):
+    p, n = P_MIX, N_MIX
     for r in range(3):
-        hits = np.sum(u[r] < p)
+        hits = np.sum(own_draws[r] < p)
         assert abs(hits - p * n) < 5 * np.sqrt(n * p * (1 - p))
-    # per-rank draws are independent; same_draws are one stream on every rank
-    assert abs(np.corrcoef(u[0], u[1])[0, 1]) < 0.05
+
+
+def test_per_rank_mixing_draws_are_independent(own_draws):
+    assert abs(np.corrcoef(own_draws[0], own_draws[1])[0, 1]) < 0.05
+
+
+def test_same_draws_are_one_stream_on_every_rank(own_draws):
     same = [[mixing_draw(7, t, r, True) for t in range(50)] for r in range(3)]
     assert same[0] == same[1] == same[2]
-    assert same[0] != list(u[0][:50])
-    # a pure function of (seed, step, rank): a resume redraws the same values
+    assert same[0] != list(own_draws[0][:50])
+
+
+def test_a_mixing_draw_is_a_pure_function_of_seed_step_and_rank(own_draws):
+    # a resume redraws the same values
     for t in (123, BLOCK - 1, BLOCK, 2 * BLOCK + 7):
-        assert mixing_draw(7, t, 2, False) == u[2][t]
-        assert mixing_draw(8, t, 2, False) != u[2][t]
-    assert len(set(u[0])) == n           # no block repeats another
+        assert mixing_draw(7, t, 2, False) == own_draws[2][t]
+        assert mixing_draw(8, t, 2, False) != own_draws[2][t]
+
+
+def test_no_block_of_mixing_draws_repeats_another(own_draws):
+    assert len(set(own_draws[0])) == N_MIX
 
 
 @pytest.mark.parametrize("name,kw", [

@@ -32,21 +32,30 @@ def test_srs_schedule_sends_every_block_once_and_never_receives_after_sending(P)
         assert sent == set(range(P)) - {r}
 
 
-def test_cost_model_d1_formula_clamp_and_teams():
+def test_spardl_block_sizes_by_hand():
     assert cm.spardl_block(10, 8, 0.01) == (2, 1)             # k_b clamps to 1
     assert cm.spardl_block(100, 1, 0.29) == (100, 29)         # no float floor surprise
     assert cm.spardl_block(37, 8, 1.0) == (5, 5)
+
+
+def test_spardl_cost_is_the_d1_formula_for_P_1_to_12():
     for P in range(1, 13):
         for s in (4, 8):
             c, k_b = cm.spardl_block(10_000, P, 0.01)
             assert cm.spardl(10_000, s, P, 0.01) == (2.0 * k_b * (P - 1) * (4 + s), 2 * cm.log2ceil(P))
             assert cm.spardl(10_000, s, P, 0.01, batched=False)[1] == P - 1 + cm.log2ceil(P)
+
+
+def test_spardl_cost_with_teams_by_hand():
     # teams: SRS + AG in a team of P' = 4, B-SAG (d-1) h, R-SAG k_b per step
     c, k_b = cm.spardl_block(1000, 4, 0.1)
     assert (c, k_b) == (250, 25)
     assert cm.spardl(1000, 4, 8, 0.1, teams=2) == ((6 * 25 + 1 * 12) * 8.0, 2 + 2 + 1)
     assert cm.spardl(1000, 4, 8, 0.1, teams=2, h=20) == ((6 * 25 + 20) * 8.0, 5)
     assert cm.spardl(1000, 8, 16, 0.1, teams=4, sag="recursive") == ((6 * 25 + 2 * 25) * 12.0, 6)
+
+
+def test_spardl_time_is_messages_times_latency_plus_bytes_times_beta():
     t = cm.spardl_time(1000, 4, 8, 0.1, 1e-3, 1e-6, teams=2)
     assert t == pytest.approx(5e-3 + 162 * 8e-6)
 
