@@ -16,20 +16,40 @@ from mpidsgd.comm.spardl import SparDL
 from refs.spardl_ref import simulate
 
 
-@pytest.mark.parametrize("P", list(range(1, 40)) + [64, 100, 127, 128, 129])
-def test_srs_schedule_sends_every_block_once_and_never_receives_after_sending(P):
+SRS_P = list(range(1, 40)) + [64, 100, 127, 128, 129]
+
+
+def srs_rounds(P, r):
+    """Rank r's SRS rounds: (blocks it sends, blocks it receives) per round."""
+    return [([(r + gap + j) % P for j in range(s)], {(r + j) % P for j in range(s)})
+            for gap, s in srs_schedule(P)]
+
+
+@pytest.mark.parametrize("P", SRS_P)
+def test_srs_schedule_has_log2_rounds_moving_P_minus_1_blocks(P):
     sched = srs_schedule(P)
     assert len(sched) == cm.log2ceil(P)
     assert sum(s for _, s in sched) == P - 1
+
+
+@pytest.mark.parametrize("P", SRS_P)
+def test_srs_schedule_sends_every_other_block_once(P):
     for r in range(P):
         sent = set()
-        for gap, s in sched:
-            out = [(r + gap + j) % P for j in range(s)]
+        for out, _ in srs_rounds(P, r):
             assert not sent & set(out) and r not in out
             sent |= set(out)
-            # blocks arriving this round from r - gap: (r + j) mod P, j < s
-            assert not sent & {(r + j) % P for j in range(s)}
         assert sent == set(range(P)) - {r}
+
+
+@pytest.mark.parametrize("P", SRS_P)
+def test_srs_schedule_never_receives_a_block_after_sending_it(P):
+    # blocks arriving in a round from r - gap: (r + j) mod P, j < s
+    for r in range(P):
+        sent = set()
+        for out, arriving in srs_rounds(P, r):
+            sent |= set(out)
+            assert not sent & arriving
 
 
 def test_spardl_block_sizes_by_hand():
