@@ -21,18 +21,30 @@ def load(*sets, name="palsgd"):
     return load_config(None, [f'algo.name="{name}"', *sets], base={"run": {"steps": 10}})
 
 
-def test_presets_are_registered_synchronous_and_documented():
-    keys = {"localsgd": {"H", "warmup_steps", "overlap"},
-            "diloco": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum",
-                       "outer_schedule"},
-            "palsgd": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum",
-                       "outer_schedule", "p", "mix_rate", "same_draws"}}
-    for name in FAMILY:
-        cls = REGISTRY[name]
-        assert cls.synchronous
-        fields = cls.Options.__dataclass_fields__
-        assert set(fields) == keys[name]
-        assert all(f.metadata.get("doc") for f in fields.values())
+PRESET_KEYS = {"localsgd": {"H", "warmup_steps", "overlap"},
+               "diloco": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum",
+                          "outer_schedule"},
+               "palsgd": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum",
+                          "outer_schedule", "p", "mix_rate", "same_draws"}}
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_preset_is_registered_as_synchronous(name):
+    assert REGISTRY[name].synchronous
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_preset_has_exactly_its_option_keys(name):
+    assert set(REGISTRY[name].Options.__dataclass_fields__) == PRESET_KEYS[name]
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_preset_documents_every_option(name):
+    fields = REGISTRY[name].Options.__dataclass_fields__
+    assert all(f.metadata.get("doc") for f in fields.values())
+
+
+def test_palsgd_default_options_by_hand():
     opts = load().algo.options
     assert (opts.H, opts.outer_lr, opts.outer_momentum, opts.p) == (32, 0.7, 0.9, 0.1)
 
