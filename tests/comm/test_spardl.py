@@ -98,7 +98,11 @@ def test_coalesce_sums_repeated_indices_in_order_and_skips_padding():
     idx, val = coalesce(sels, np)
     assert idx.tolist() == [1, 5, 7, 9]
     assert val.tolist() == [101.0, 1012.0, 3.0, 20.0]
-    pidx, pval = pad_selection(idx[:2], val[:2], 4, np)
+
+
+def test_pad_selection_fills_with_index_minus_1_and_zeros():
+    idx, val = np.array([1, 5], np.int32), np.array([101.0, 1012.0])
+    pidx, pval = pad_selection(idx, val, 4, np)
     assert pidx.tolist() == [1, 5, -1, -1] and pval.tolist() == [101.0, 1012.0, 0.0, 0.0]
 
 
@@ -124,7 +128,7 @@ def test_one_rank_matches_simulation(dtype, density):
         assert not sd.residual().any()
 
 
-def test_state_dict_round_trip_and_shape_check():
+def test_state_dict_round_trip_continues_identically():
     ch = Channel(MPI.COMM_SELF)
     a = SparDL(20, np.float64, 0.2, channel=ch)
     a.allreduce(np.arange(20.0))
@@ -134,6 +138,10 @@ def test_state_dict_round_trip_and_shape_check():
     g = np.linspace(-1, 1, 20)
     assert np.array_equal(a.allreduce(g), b.allreduce(g))
     assert np.array_equal(a.residual(), b.residual())
+
+
+def test_load_state_dict_refuses_a_residual_of_another_size():
+    b = SparDL(20, np.float64, 0.2, channel=Channel(MPI.COMM_SELF))
     with pytest.raises(ValueError, match="residual"):
         b.load_state_dict({"residual": np.zeros(21), "sag_h": 1})
 
