@@ -42,15 +42,21 @@ def test_set_parses_toml_literals_and_bare_words():
     assert d == {"model": {"hidden": [32, 16]}, "algo": {"name": "sgd"}, "run": {"epochs": 1.5}}
 
 
-def test_int_accepted_for_float_but_bool_rejected_for_int():
+def test_int_accepted_for_float():
     assert load_config(None, ["run.steps=5", "algo.lr=1"]).algo.lr == 1.0
+
+
+def test_bool_rejected_for_int():
     with pytest.raises(C.ConfigError, match="run.steps"):
         load_config(None, ["run.steps=true"])
 
 
-def test_missing_and_malformed_config_file(tmp_path):
+def test_missing_config_file(tmp_path):
     with pytest.raises(C.ConfigError, match="does not exist"):
         load_config(str(tmp_path / "none.toml"))
+
+
+def test_malformed_config_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[run\nsteps=")
     with pytest.raises(C.ConfigError, match="not valid TOML"):

@@ -168,21 +168,43 @@ def test_exception_on_one_rank_aborts_the_job(tmp_path):
     assert not (tmp_path / "summary.json").exists()
 
 
-def test_small_run_writes_outputs_serial(tmp_path):
-    res = launch([*TINY, "--set", f"run.out_dir=\"{tmp_path}\""], cwd=tmp_path)
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory):
+    """Two fresh serial TINY runs into one folder, once for the module: the
+    first run's result, summary.json, config.toml and metrics.jsonl, and the
+    second's result and metrics.jsonl."""
+    out = tmp_path_factory.mktemp("small")
+    first = launch([*TINY, "--set", f"run.out_dir=\"{out}\""], cwd=out)
+    files = {name: (out / name).read_text() if (out / name).exists() else None
+             for name in ("summary.json", "config.toml", "metrics.jsonl")}
+    second = launch([*TINY, "--set", f"run.out_dir=\"{out}\""], cwd=out)
+    again = (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else None
+    return first, files, second, again
+
+
+def test_small_serial_run_writes_its_summary(small_runs):
+    res, files, _, _ = small_runs
     assert res.returncode == 0, res.stderr
-    s = json.loads((tmp_path / "summary.json").read_text())
+    s = json.loads(files["summary.json"])
     assert s["steps"] == 6 and s["world_size"] == 1 and s["bytes_sent_per_rank"] == 0
-    resolved = tomllib.loads((tmp_path / "config.toml").read_text())
-    assert resolved["data"]["n_samples"] == 512 and resolved["algo"]["name"] == train.QUICKSTART["algo"]["name"]
-    assert "final" in res.stdout
-    # a second fresh run into the same folder replaces the metrics, as it
-    # replaces config.toml and summary.json (only --resume continues them)
-    first = (tmp_path / "metrics.jsonl").read_text()
-    res = launch([*TINY, "--set", f"run.out_dir=\"{tmp_path}\""], cwd=tmp_path)
+
+
+def test_small_serial_run_writes_the_resolved_config(small_runs):
+    res, files, _, _ = small_runs
     assert res.returncode == 0, res.stderr
-    again = (tmp_path / "metrics.jsonl").read_text()
-    assert first.count("\n") == again.count("\n") > 0
+    resolved = tomllib.loads(files["config.toml"])
+    assert resolved["data"]["n_samples"] == 512 and resolved["algo"]["name"] == train.QUICKSTART["algo"]["name"]
+
+
+def test_small_serial_run_prints_the_final_line(small_runs):
+    assert "final" in small_runs[0].stdout
+
+
+def test_a_second_fresh_run_into_the_folder_replaces_the_metrics(small_runs):
+    # as it replaces config.toml and summary.json (only --resume continues them)
+    _, files, res, again = small_runs
+    assert res.returncode == 0, res.stderr
+    assert files["metrics.jsonl"].count("\n") == again.count("\n") > 0
 
 
 def test_quickstart_toml_spells_out_the_builtin_default():

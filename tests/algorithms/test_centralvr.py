@@ -47,12 +47,16 @@ def test_bad_config_names_the_key(algo, key):
         cfg_with(**algo)
 
 
-def test_world_size_and_model_checks():
+@pytest.mark.parametrize("mode, size, key", [("single", 2, "algo.mode = single"),
+                                             ("async", 1, "algo.mode = async")])
+def test_a_mode_refuses_a_world_size_it_cannot_run(mode, size, key):
     cfg = cfg_with(mode="sync")
-    for mode, size, key in (("single", 2, "algo.mode = single"), ("async", 1, "algo.mode = async")):
-        cfg.algo.options.mode = mode
-        with pytest.raises(C.ConfigError, match=key):
-            cfg.algo.options.validate(cfg, size)
+    cfg.algo.options.mode = mode
+    with pytest.raises(C.ConfigError, match=key):
+        cfg.algo.options.validate(cfg, size)
+
+
+def test_a_samples_table_is_refused_for_an_mlp():
     tables = {k: dict(v) for k, v in BASE.items()}
     tables["model"] = {"name": "mlp"}
     tables["algo"] = {"name": "centralvr", "table": "samples"}
@@ -165,11 +169,11 @@ def test_saga_counts_each_duplicate_once():
     assert dups > 0
 
 
-def test_svrg_recompute_snapshot_matches_stored_and_counts_three_per_round():
-    """algo.snapshot = recompute computes ∇f_i(x̃) again at every inner step:
-    the same iterates as the stored derivatives (float64 rounding apart) and
-    the same as the serial simulation, at 1 + 2 gradients per sample per round
-    instead of 1 + 1; `stored` keeps n numbers, `recompute` none."""
+@pytest.fixture(scope="module")
+def svrg_snapshots():
+    """SVRG with algo.snapshot = stored and = recompute (∇f_i(x̃) computed
+    again at every inner step), 4 epochs each, and the serial simulation:
+    ({snapshot: (params, gradient evaluations, table numbers)}, reference)."""
     runs = {}
     for snap in ("stored", "recompute"):
         alg, shard = make_serial("svrg", snapshot=snap, n=30, B=3, epochs=4)
@@ -181,9 +185,23 @@ def test_svrg_recompute_snapshot_matches_stored_and_counts_three_per_round():
     X, y = np.asarray(shard.X), np.asarray(shard.y, np.float64)
     ref = simulate("svrg", [X], [y], x0, model="logreg", lr=0.1, l2=0.01, B=3,
                    steps=shard.steps_per_epoch, epochs=4, seed=5)
+    return runs, ref
+
+
+def test_svrg_stored_and_recomputed_snapshots_follow_the_serial_simulation(svrg_snapshots):
+    # the same iterates, float64 rounding apart
+    runs, ref = svrg_snapshots
     for snap, (x, evals, numbers) in runs.items():
         assert np.allclose(x, ref[-1]["x"], rtol=1e-12, atol=1e-14), snap
+
+
+def test_svrg_recompute_costs_three_gradients_per_sample_per_round_not_two(svrg_snapshots):
+    runs = svrg_snapshots[0]
     assert runs["stored"][1] == 4 * 2 and runs["recompute"][1] == 4 * 3
+
+
+def test_svrg_stored_keeps_n_numbers_and_recompute_none(svrg_snapshots):
+    runs = svrg_snapshots[0]
     assert runs["stored"][2] == 30 and runs["recompute"][2] == 0
 
 

@@ -39,10 +39,14 @@ def test_shared_budget_needs_free_running_ranks():
         cfg_with(budget="shared", deterministic=True)
 
 
-def test_defaults_and_resolved_config_round_trip():
+def test_default_options_by_hand():
+    o = cfg_with().algo.options
+    assert (o.p, o.max_outstanding, o.deterministic, o.budget) == (0.25, 2, False, "rank")
+
+
+def test_resolved_config_round_trips():
     cfg = cfg_with()
     o = cfg.algo.options
-    assert (o.p, o.max_outstanding, o.deterministic, o.budget) == (0.25, 2, False, "rank")
     again = config_from_dict(C.to_dict(cfg))
     assert again.algo.options == o
 

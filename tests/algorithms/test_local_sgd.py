@@ -21,18 +21,30 @@ def load(*sets, name="palsgd"):
     return load_config(None, [f'algo.name="{name}"', *sets], base={"run": {"steps": 10}})
 
 
-def test_presets_are_registered_synchronous_and_documented():
-    keys = {"localsgd": {"H", "warmup_steps", "overlap"},
-            "diloco": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum",
-                       "outer_schedule"},
-            "palsgd": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum",
-                       "outer_schedule", "p", "mix_rate", "same_draws"}}
-    for name in FAMILY:
-        cls = REGISTRY[name]
-        assert cls.synchronous
-        fields = cls.Options.__dataclass_fields__
-        assert set(fields) == keys[name]
-        assert all(f.metadata.get("doc") for f in fields.values())
+PRESET_KEYS = {"localsgd": {"H", "warmup_steps", "overlap"},
+               "diloco": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum",
+                          "outer_schedule"},
+               "palsgd": {"H", "warmup_steps", "overlap", "outer_lr", "outer_momentum",
+                          "outer_schedule", "p", "mix_rate", "same_draws"}}
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_preset_is_registered_as_synchronous(name):
+    assert REGISTRY[name].synchronous
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_preset_has_exactly_its_option_keys(name):
+    assert set(REGISTRY[name].Options.__dataclass_fields__) == PRESET_KEYS[name]
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_preset_documents_every_option(name):
+    fields = REGISTRY[name].Options.__dataclass_fields__
+    assert all(f.metadata.get("doc") for f in fields.values())
+
+
+def test_palsgd_default_options_by_hand():
     opts = load().algo.options
     assert (opts.H, opts.outer_lr, opts.outer_momentum, opts.p) == (32, 0.7, 0.9, 0.1)
 
@@ -67,23 +79,42 @@ def test_mixing_step_may_not_overshoot_at_the_peak_lr():
     load("algo.lr=10.0", "algo.p=0.0", "algo.mix_rate=1.0")   # no mixing, no bound
 
 
-def test_mixing_draws_rate_and_independence():
-    p, n = 0.3, 3 * BLOCK + 5          # across block boundaries
-    u = np.array([[draws(t) for t in range(n)] for draws in
-                  (MixingDraws(7, r, False) for r in range(3))])
+P_MIX, N_MIX = 0.3, 3 * BLOCK + 5          # across block boundaries
+
+
+@pytest.fixture(scope="module")
+def own_draws():
+    """Per-rank mixing draws (same_draws off) of ranks 0..2, seed 7, N_MIX steps."""
+    return np.array([[draws(t) for t in range(N_MIX)] for draws in
+                     (MixingDraws(7, r, False) for r in range(3))])
+
+
+def test_mixing_draws_hit_at_rate_p(own_draws):
+    p, n = P_MIX, N_MIX
     for r in range(3):
-        hits = np.sum(u[r] < p)
+        hits = np.sum(own_draws[r] < p)
         assert abs(hits - p * n) < 5 * np.sqrt(n * p * (1 - p))
-    # per-rank draws are independent; same_draws are one stream on every rank
-    assert abs(np.corrcoef(u[0], u[1])[0, 1]) < 0.05
+
+
+def test_per_rank_mixing_draws_are_independent(own_draws):
+    assert abs(np.corrcoef(own_draws[0], own_draws[1])[0, 1]) < 0.05
+
+
+def test_same_draws_are_one_stream_on_every_rank(own_draws):
     same = [[mixing_draw(7, t, r, True) for t in range(50)] for r in range(3)]
     assert same[0] == same[1] == same[2]
-    assert same[0] != list(u[0][:50])
-    # a pure function of (seed, step, rank): a resume redraws the same values
+    assert same[0] != list(own_draws[0][:50])
+
+
+def test_a_mixing_draw_is_a_pure_function_of_seed_step_and_rank(own_draws):
+    # a resume redraws the same values
     for t in (123, BLOCK - 1, BLOCK, 2 * BLOCK + 7):
-        assert mixing_draw(7, t, 2, False) == u[2][t]
-        assert mixing_draw(8, t, 2, False) != u[2][t]
-    assert len(set(u[0])) == n           # no block repeats another
+        assert mixing_draw(7, t, 2, False) == own_draws[2][t]
+        assert mixing_draw(8, t, 2, False) != own_draws[2][t]
+
+
+def test_no_block_of_mixing_draws_repeats_another(own_draws):
+    assert len(set(own_draws[0])) == N_MIX
 
 
 @pytest.mark.parametrize("name,kw", [

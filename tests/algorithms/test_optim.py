@@ -48,16 +48,32 @@ def test_schedules():
     assert [s(t) for t in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
 
 
-@pytest.mark.parametrize("make", [lambda: SGD(4, np.float64, np, momentum=0.9),
-                                  lambda: AdamW(4, np.float64, np)], ids=["sgd", "adamw"])
-def test_prefixed_state_names_and_restores_only_its_own_keys(make):
+OPTIMIZERS = pytest.mark.parametrize("make", [lambda: SGD(4, np.float64, np, momentum=0.9),
+                                              lambda: AdamW(4, np.float64, np)], ids=["sgd", "adamw"])
+
+
+def stepped(make):
+    """An optimizer after 3 steps, its rng and its parameters: (opt, rng, x)."""
     rng = np.random.default_rng(2)
     a, x = make(), rng.normal(size=4)
     for _ in range(3):
         a.step(x, rng.normal(size=4), 0.1)
+    return a, rng, x
+
+
+@OPTIMIZERS
+def test_state_names_carry_the_prefix(make):
+    a, _, _ = stepped(make)
     st = a.state_dict(prefix="inner_")
     assert st and set(st) == {"inner_" + k for k in a.state_dict()}
-    # restored from a section that also holds another optimizer's keys
+
+
+@OPTIMIZERS
+def test_restore_takes_only_its_own_prefixed_keys(make):
+    # restored from a section that also holds another optimizer's keys, the
+    # next step is the uninterrupted optimizer's
+    a, rng, x = stepped(make)
+    st = a.state_dict(prefix="inner_")
     b = make()
     other = {"outer_" + k: np.full(4, 7.0) if np.ndim(v) else 99 for k, v in a.state_dict().items()}
     b.load_state_dict({**{k: np.copy(v) for k, v in st.items()}, **other}, prefix="inner_")

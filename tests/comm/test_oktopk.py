@@ -1,6 +1,10 @@
 """Serial checks of Ok-Topk: the cost model's hand-computed figures, option
 validation, and the single-rank collective (P = 1: no traffic, the result is
 the thresholded accumulator)."""
+import contextlib
+import io
+import json
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -54,44 +58,88 @@ def test_bad_options_name_the_key(args, key):
                threshold_every=args[1], region_every=args[2], throttle=args[3])
 
 
-def test_single_rank_keeps_the_top_k_and_the_rest_stays_in_the_residual():
+@pytest.fixture(scope="module")
+def single_rank():
+    """One Ok-Topk allreduce at P = 1, density 0.1 of 50 entries: (g, out, ok)."""
     n = 50
     g = np.arange(n, dtype=np.float64) - 20.0        # |g| largest at the end
     ok = OkTopk(n, np.float64, 0.1, channel=Channel(MPI.COMM_SELF))
     out = ok.allreduce(g.copy())
+    return g, out, ok
+
+
+def test_single_rank_result_is_the_top_k(single_rank):
+    g, out, _ = single_rank
     top = np.argsort(-np.abs(g), kind="stable")[:5]
     assert np.array_equal(np.flatnonzero(out), np.sort(top))
     assert np.array_equal(out[top], g[top])
+
+
+def test_single_rank_rest_stays_in_the_residual(single_rank):
+    g, out, ok = single_rank
     assert np.array_equal(ok.E + out, g)             # nothing lost
-    assert ok.channel.counters.bytes.get("train", 0.0) == 0.0
-    st = ok.state_dict()
-    assert st["oktopk_t"][0] == 1 and st["oktopk_bounds"].tolist() == [0, n]
 
 
-def test_bench_costmodel_uses_the_checked_formulas(tmp_path, capsys):
-    """`bench costmodel --no-compute`: every prediction is the cost model's
-    messages * alpha + bytes * beta (the formulas the MPI tests check the
-    counters against), and the oktopk-measured curve scales the measured
-    entries of a `bench collectives` record."""
-    from mpidsgd.bench import main
+def test_single_rank_sends_nothing(single_rank):
+    assert single_rank[2].channel.counters.bytes.get("train", 0.0) == 0.0
+
+
+def test_single_rank_state_counts_one_step_over_the_whole_range(single_rank):
+    st = single_rank[2].state_dict()
+    assert st["oktopk_t"][0] == 1 and st["oktopk_bounds"].tolist() == [0, 50]
+
+
+def test_bench_costmodel_expands_p_ranges():
     from mpidsgd.bench.costmodel import expand_p
     assert expand_p("8,16,...,1024") == [8, 16, 32, 64, 128, 256, 512, 1024]
     assert expand_p("2,3,5") == [2, 3, 5]
+
+
+@pytest.fixture(scope="module")
+def costmodel(tmp_path_factory):
+    """`bench costmodel --no-compute` with an oktopk `bench collectives`
+    record, once: (exit code, predictions by (P, scheme), stdout)."""
+    from mpidsgd.bench import main
+    tmp_path = tmp_path_factory.mktemp("costmodel")
     rec = tmp_path / "coll.json"
     rec.write_text('{"scheme": "oktopk", "P": 8, "n": 65536, "k": 655, '
                    '"sent_entries": 573.125, "gathered_entries": 1310.0}\n')
     out = tmp_path / "pred.json"
-    assert main(["costmodel", "--P", "8,16,...,64", "--n", "2^20", "--alpha", "1e-5",
-                 "--beta", "1e-9", "--no-compute", "--oktopk-json", str(rec),
-                 "--json", str(out)]) == 0
-    import json
-    recs = {(r["P"], r["scheme"]): r for r in map(json.loads, out.read_text().splitlines())}
-    n, k = 2**20, 10485
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["costmodel", "--P", "8,16,...,64", "--n", "2^20", "--alpha", "1e-5",
+                   "--beta", "1e-9", "--no-compute", "--oktopk-json", str(rec),
+                   "--json", str(out)])
+    recs = {(r["P"], r["scheme"]): r for r in map(json.loads, out.read_text().splitlines())} \
+        if rc == 0 else {}
+    return rc, recs, printed.getvalue()
+
+
+# every prediction is the cost model's messages * alpha + bytes * beta: the
+# formulas the MPI tests check the counters against
+def test_bench_costmodel_spardl_is_the_checked_formula(costmodel):
+    rc, recs, _ = costmodel
+    assert rc == 0
     for P in (8, 16, 32, 64):
-        b, m = cm.spardl(n, 4, P, 0.01)
+        b, m = cm.spardl(2**20, 4, P, 0.01)
         assert recs[(P, "spardl")]["ms"] == pytest.approx(1e3 * (m * 1e-5 + b * 1e-9))
-        b, m = cm.oktopk_bound(k, 4, P)
+
+
+def test_bench_costmodel_oktopk_bound_is_the_checked_formula(costmodel):
+    rc, recs, _ = costmodel
+    assert rc == 0
+    for P in (8, 16, 32, 64):
+        b, m = cm.oktopk_bound(10485, 4, P)
         assert recs[(P, "oktopk-bound")]["ms"] == pytest.approx(1e3 * (m * 1e-5 + b * 1e-9))
-        b, m = cm.oktopk_mean(k, 4, P, sent_per_k=573.125 / (655 * 7 / 8), gathered_per_k=2.0)
+
+
+def test_bench_costmodel_oktopk_measured_scales_the_recorded_entries(costmodel):
+    rc, recs, _ = costmodel
+    assert rc == 0
+    for P in (8, 16, 32, 64):
+        b, m = cm.oktopk_mean(10485, 4, P, sent_per_k=573.125 / (655 * 7 / 8), gathered_per_k=2.0)
         assert recs[(P, "oktopk-measured")]["bytes"] == pytest.approx(b)
-    assert "spardl vs oktopk-bound" in capsys.readouterr().out
+
+
+def test_bench_costmodel_prints_spardl_against_the_oktopk_bound(costmodel):
+    assert "spardl vs oktopk-bound" in costmodel[2]

@@ -16,37 +16,66 @@ from mpidsgd.comm.spardl import SparDL
 from refs.spardl_ref import simulate
 
 
-@pytest.mark.parametrize("P", list(range(1, 40)) + [64, 100, 127, 128, 129])
-def test_srs_schedule_sends_every_block_once_and_never_receives_after_sending(P):
+SRS_P = list(range(1, 40)) + [64, 100, 127, 128, 129]
+
+
+def srs_rounds(P, r):
+    """Rank r's SRS rounds: (blocks it sends, blocks it receives) per round."""
+    return [([(r + gap + j) % P for j in range(s)], {(r + j) % P for j in range(s)})
+            for gap, s in srs_schedule(P)]
+
+
+@pytest.mark.parametrize("P", SRS_P)
+def test_srs_schedule_has_log2_rounds_moving_P_minus_1_blocks(P):
     sched = srs_schedule(P)
     assert len(sched) == cm.log2ceil(P)
     assert sum(s for _, s in sched) == P - 1
+
+
+@pytest.mark.parametrize("P", SRS_P)
+def test_srs_schedule_sends_every_other_block_once(P):
     for r in range(P):
         sent = set()
-        for gap, s in sched:
-            out = [(r + gap + j) % P for j in range(s)]
+        for out, _ in srs_rounds(P, r):
             assert not sent & set(out) and r not in out
             sent |= set(out)
-            # blocks arriving this round from r - gap: (r + j) mod P, j < s
-            assert not sent & {(r + j) % P for j in range(s)}
         assert sent == set(range(P)) - {r}
 
 
-def test_cost_model_d1_formula_clamp_and_teams():
+@pytest.mark.parametrize("P", SRS_P)
+def test_srs_schedule_never_receives_a_block_after_sending_it(P):
+    # blocks arriving in a round from r - gap: (r + j) mod P, j < s
+    for r in range(P):
+        sent = set()
+        for out, arriving in srs_rounds(P, r):
+            sent |= set(out)
+            assert not sent & arriving
+
+
+def test_spardl_block_sizes_by_hand():
     assert cm.spardl_block(10, 8, 0.01) == (2, 1)             # k_b clamps to 1
     assert cm.spardl_block(100, 1, 0.29) == (100, 29)         # no float floor surprise
     assert cm.spardl_block(37, 8, 1.0) == (5, 5)
+
+
+def test_spardl_cost_is_the_d1_formula_for_P_1_to_12():
     for P in range(1, 13):
         for s in (4, 8):
             c, k_b = cm.spardl_block(10_000, P, 0.01)
             assert cm.spardl(10_000, s, P, 0.01) == (2.0 * k_b * (P - 1) * (4 + s), 2 * cm.log2ceil(P))
             assert cm.spardl(10_000, s, P, 0.01, batched=False)[1] == P - 1 + cm.log2ceil(P)
+
+
+def test_spardl_cost_with_teams_by_hand():
     # teams: SRS + AG in a team of P' = 4, B-SAG (d-1) h, R-SAG k_b per step
     c, k_b = cm.spardl_block(1000, 4, 0.1)
     assert (c, k_b) == (250, 25)
     assert cm.spardl(1000, 4, 8, 0.1, teams=2) == ((6 * 25 + 1 * 12) * 8.0, 2 + 2 + 1)
     assert cm.spardl(1000, 4, 8, 0.1, teams=2, h=20) == ((6 * 25 + 20) * 8.0, 5)
     assert cm.spardl(1000, 8, 16, 0.1, teams=4, sag="recursive") == ((6 * 25 + 2 * 25) * 12.0, 6)
+
+
+def test_spardl_time_is_messages_times_latency_plus_bytes_times_beta():
     t = cm.spardl_time(1000, 4, 8, 0.1, 1e-3, 1e-6, teams=2)
     assert t == pytest.approx(5e-3 + 162 * 8e-6)
 
@@ -69,7 +98,11 @@ def test_coalesce_sums_repeated_indices_in_order_and_skips_padding():
     idx, val = coalesce(sels, np)
     assert idx.tolist() == [1, 5, 7, 9]
     assert val.tolist() == [101.0, 1012.0, 3.0, 20.0]
-    pidx, pval = pad_selection(idx[:2], val[:2], 4, np)
+
+
+def test_pad_selection_fills_with_index_minus_1_and_zeros():
+    idx, val = np.array([1, 5], np.int32), np.array([101.0, 1012.0])
+    pidx, pval = pad_selection(idx, val, 4, np)
     assert pidx.tolist() == [1, 5, -1, -1] and pval.tolist() == [101.0, 1012.0, 0.0, 0.0]
 
 
@@ -95,7 +128,7 @@ def test_one_rank_matches_simulation(dtype, density):
         assert not sd.residual().any()
 
 
-def test_state_dict_round_trip_and_shape_check():
+def test_state_dict_round_trip_continues_identically():
     ch = Channel(MPI.COMM_SELF)
     a = SparDL(20, np.float64, 0.2, channel=ch)
     a.allreduce(np.arange(20.0))
@@ -105,6 +138,10 @@ def test_state_dict_round_trip_and_shape_check():
     g = np.linspace(-1, 1, 20)
     assert np.array_equal(a.allreduce(g), b.allreduce(g))
     assert np.array_equal(a.residual(), b.residual())
+
+
+def test_load_state_dict_refuses_a_residual_of_another_size():
+    b = SparDL(20, np.float64, 0.2, channel=Channel(MPI.COMM_SELF))
     with pytest.raises(ValueError, match="residual"):
         b.load_state_dict({"residual": np.zeros(21), "sag_h": 1})
 

@@ -24,12 +24,18 @@ def make(name, n=100, density=0.29, **kw):
     return build_collective(name, n, np.float64, opts, channel=Channel(MPI.COMM_SELF))
 
 
-def test_select_count_guards_the_floor_and_clamps():
+def test_select_count_is_the_floor_of_n_times_density_without_float_error():
     assert 100 * 0.29 < 29                          # the float product is 28.999...
     assert select_count(100, 0.29) == 29
-    assert select_count(100, 0.001) == 1            # at least one entry
-    assert select_count(7, 1.0) == 7                # at most all of them
     assert select_count(1000, 0.0125) == 12
+
+
+def test_select_count_selects_at_least_one_entry():
+    assert select_count(100, 0.001) == 1
+
+
+def test_select_count_selects_at_most_all_entries():
+    assert select_count(7, 1.0) == 7
 
 
 @pytest.mark.parametrize("name", sorted(COLLECTIVES))

@@ -13,26 +13,47 @@ from mpidsgd.comm.gtopk import gtopk, merge_topk
 from mpidsgd.comm.topka import topka
 
 
-def test_cost_model_figures_by_hand():
+def test_topka_cost_by_hand():
     # TopkA, P = 8, k = 100 float32 entries: 7 * 100 * 8 bytes, 3 messages
     assert cm.topka(100, 4, 8) == (5600.0, 3)
     assert cm.topka(100, 8, 1) == (0.0, 0)
-    # gTop-k, P = 8: every rank but the root sends once in the tree; in the
-    # binomial broadcast round j, ranks r < 2^j send to r + 2^j
+
+
+def gtopk_sends_P8():
+    """gTop-k, P = 8: every rank but the root sends once in the tree; in the
+    binomial broadcast round j, ranks r < 2^j send to r + 2^j."""
     sent = {r: 0 for r in range(8)}
     for r in range(1, 8):
         sent[r] += 1                                  # every non-root merges once
     for j in range(3):
         for r in range(2 ** j):
             sent[r] += 1
+    return sent
+
+
+def test_gtopk_cost_per_rank_by_hand():
+    sent = gtopk_sends_P8()
     for r in range(8):
         assert cm.gtopk_rank(10, 4, 8, r) == (sent[r] * 80.0, sent[r])
+
+
+def test_gtopk_mean_cost_by_hand():
+    sent = gtopk_sends_P8()
     assert sum(sent.values()) == 14 and cm.gtopk(10, 4, 8) == (14 / 8 * 80, 14 / 8)
+
+
+def test_gtopk_critical_path_by_hand():
     assert cm.gtopk_path(10, 4, 8) == (6 * 80.0, 6)
+
+
+def test_sparse_lower_bound_and_spardl_sending_twice_it():
     # lower bound: k(P-1)/P entries; SparDL d = 1 sends exactly twice that
     assert cm.sparse_lower_bound(800, 4, 8) == 700 * 8
     c, k_b = cm.spardl_block(8000, 8, 0.1)
     assert cm.spardl(8000, 4, 8, 0.1)[0] == 2 * cm.sparse_lower_bound(8 * k_b, 4, 8)
+
+
+def test_oktopk_bound_by_hand():
     assert cm.oktopk_bound(800, 4, 8) == (3 * 700 * 8, 2 * 8 + 6)
 
 
@@ -115,15 +136,15 @@ def test_gtopk_needs_a_power_of_two_world():
     validate(load_config(None, ["algo.name='topka'", "run.steps=1"]), 3)
 
 
-def test_bench_collectives_counts_equal_the_cost_model(tmp_path):
-    """`python -m mpidsgd.bench collectives` on 4 ranks: every scheme's counted
-    bytes equal its prediction (Ok-Topk: the cost model on each call's sizes), SparDL d = 1 sends 2 k_b (P-1) entries in
-    2 log2 P messages, ratios are relative to dense-mpi."""
+@pytest.fixture(scope="module")
+def bench_records(tmp_path_factory):
+    """`python -m mpidsgd.bench collectives` on 4 ranks, once: its records
+    (n = 1000, density 0.05, without and with alpha-beta emulation)."""
     import json
     import os
     import subprocess
     import sys
-    out = tmp_path / "c.json"
+    out = tmp_path_factory.mktemp("collectives") / "c.json"
     mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     cmd = [mpiexec if os.path.exists(mpiexec) else "mpiexec", "-n", "4", sys.executable, "-m",
            "mpidsgd.bench", "collectives", "--n", "1000", "--density", "0.05", "--reps", "1",
@@ -131,16 +152,33 @@ def test_bench_collectives_counts_equal_the_cost_model(tmp_path):
     env = {**os.environ, "MPIEXEC_TIMEOUT": "240"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
-    recs = [json.loads(line) for line in out.read_text().splitlines()]
-    names = {r["scheme"] for r in recs}
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_bench_collectives_runs_every_scheme_under_both_emulations(bench_records):
+    names = {r["scheme"] for r in bench_records}
     assert names == {"dense-mpi", "dense-ring", "topka", "gtopk", "spardl", "spardl-d2-bsag",
                      "spardl-d2-rsag", "spardl-d4-bsag", "spardl-d4-rsag", "oktopk", "oktopk-exact"}
-    assert len(recs) == 2 * len(names)
-    for r in recs:
+    assert len(bench_records) == 2 * len(names)
+
+
+def test_bench_collectives_counted_bytes_equal_the_prediction(bench_records):
+    # Ok-Topk: the cost model on each call's sizes
+    for r in bench_records:
         assert r["bytes_per_rank"] == pytest.approx(r["predicted_bytes"], rel=1e-12), r
+
+
+def test_bench_collectives_predicts_time_only_with_a_latency(bench_records):
+    for r in bench_records:
         assert (r["predicted_ms"] is None) == (r["alpha"] == 0), r
-    sp = next(r for r in recs if r["scheme"] == "spardl")
+
+
+def test_bench_collectives_spardl_d1_sends_2_k_b_per_peer_in_2_log2_P_messages(bench_records):
+    sp = next(r for r in bench_records if r["scheme"] == "spardl")
     k_b = cm.spardl_block(1000, 4, 0.05)[1]
     assert sp["bytes_per_rank"] == 2 * k_b * 3 * 8 and sp["messages_per_rank"] == 4
     assert sp["k"] == 4 * k_b and sp["lower_bound_bytes"] == sp["bytes_per_rank"] / 2
-    assert all(r["ratio_vs_dense"] == 1.0 for r in recs if r["scheme"] == "dense-mpi")
+
+
+def test_bench_collectives_ratios_are_relative_to_dense_mpi(bench_records):
+    assert all(r["ratio_vs_dense"] == 1.0 for r in bench_records if r["scheme"] == "dense-mpi")

@@ -340,18 +340,29 @@ def test_shard_ranges_are_disjoint_and_complete():
             assert all(bounds[r][1] == bounds[r + 1][0] for r in range(P - 1))
 
 
-def test_next_batch_drops_the_last_partial_batch_and_wraps():
-    s = make_shard(n=100, B=32)
-    assert s.steps_per_epoch == 3
-    seen = []
-    for _ in range(3):
-        X, y, idx = s.next_batch()
+def first_epoch(n=100, B=32):
+    """A shard's batches of its first epoch: (shard, [(X, y, idx)])."""
+    s = make_shard(n=n, B=B)
+    return s, [s.next_batch() for _ in range(s.steps_per_epoch)]
+
+
+def test_batches_are_full_rows_with_their_labels():
+    _, batches = first_epoch()
+    for X, y, idx in batches:
         assert X.shape == (32, 2) and np.array_equal(y, idx) and np.array_equal(X[:, 0], idx)
-        seen.append(idx)
-    seen = np.concatenate(seen)
+
+
+def test_an_epoch_drops_the_last_partial_batch():
+    s, batches = first_epoch()
+    assert s.steps_per_epoch == 3
+    seen = np.concatenate([idx for _, _, idx in batches])
     assert len(np.unique(seen)) == 96 and (s.epoch, s.pos) == (1, 0) and s.epochs_done == 1.0
+
+
+def test_the_next_epoch_draws_a_new_permutation():
+    s, batches = first_epoch()
     nxt = s.next_batch()[2]
-    assert not np.array_equal(nxt, seen[:32])          # a new permutation each epoch
+    assert not np.array_equal(nxt, batches[0][2])
     assert (s.epoch, s.pos) == (1, 1)
 
 

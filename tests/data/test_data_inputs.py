@@ -79,13 +79,24 @@ def test_the_task_must_fit_the_model(tmp_path):
     assert resolve_task(file_cfg(tmp_path / "d.npz", model="softmax"))[0] == "classification"
 
 
-def test_a_classifier_needs_integer_labels_and_logreg_two_classes(tmp_path):
+def three_class_file(tmp_path):
+    X = np.random.default_rng(1).standard_normal((40, 3))
+    np.savez(tmp_path / "three.npz", X=X, y=np.arange(40) % 3)
+    return tmp_path / "three.npz"
+
+
+def test_a_classifier_refuses_labels_that_are_not_integers(tmp_path):
     X = np.random.default_rng(1).standard_normal((40, 3))
     np.savez(tmp_path / "real.npz", X=X, y=np.linspace(0, 1, 40))
     refused(file_cfg(tmp_path / "real.npz"), "data.path", "not all integers", "ridge")
-    np.savez(tmp_path / "three.npz", X=X, y=np.arange(40) % 3)
-    refused(file_cfg(tmp_path / "three.npz", model="logreg"), "3 classes", "binary")
-    ds = load(file_cfg(tmp_path / "three.npz", model="softmax"))
+
+
+def test_logreg_refuses_three_classes(tmp_path):
+    refused(file_cfg(three_class_file(tmp_path), model="logreg"), "3 classes", "binary")
+
+
+def test_softmax_takes_three_classes(tmp_path):
+    ds = load(file_cfg(three_class_file(tmp_path), model="softmax"))
     assert ds.task == "classification" and ds.n_outputs == 3
 
 
@@ -124,23 +135,30 @@ def test_idx_dimension_count_is_checked_against_the_file(tmp_path, compress):
     refused(file_cfg(imgs), "longer than its header says")
 
 
-def test_idx_wrong_magic_and_labels_rank(tmp_path):
+def test_idx_wrong_magic_is_refused(tmp_path):
     imgs, labels = write_mnist(tmp_path)
     raw = bytearray(imgs.read_bytes())
     raw[2] = 0x42                                   # unknown type code
     imgs.write_bytes(bytes(raw))
     refused(file_cfg(imgs), "data.path", "bad magic number 0x00004203")
-    raw[2] = 0x08
-    imgs.write_bytes(bytes(raw))
+
+
+def test_idx_labels_of_rank_2_are_refused(tmp_path):
+    imgs, labels = write_mnist(tmp_path)
     labels.write_bytes(idx_bytes(np.zeros((12, 2), np.uint8)))
     refused(file_cfg(imgs), "data.labels_path", "2 dimension(s); expected 1")
 
 
 # -- CSV, .npy, non-zip .npz, long lines ---------------------------------------
-def test_csv_with_header_and_label_column(tmp_path):
+def write_csv(tmp_path):
+    """t.csv: a header a,b,kind,target and 12 rows, target = 2a + 1."""
     rows = [[0.5, 1.0, 7, 2.0], [1.5, -1.0, 3, 4.0], [2.5, 0.0, 7, 6.0], [3.5, 2.0, 3, 8.0]] * 3
     text = "a,b,kind,target\n" + "\n".join(",".join(f"{v:g}" for v in r) for r in rows) + "\n"
     (tmp_path / "t.csv").write_text(text)
+
+
+def test_csv_label_is_the_last_column_by_default(tmp_path):
+    write_csv(tmp_path)
     cfg = file_cfg(tmp_path / "t.csv", model="ridge", test_fraction=0.25, batch_size=1)
     cfg.run.dtype = "float64"
     ds = load(cfg)                                  # default: the last column is the label
@@ -148,12 +166,23 @@ def test_csv_with_header_and_label_column(tmp_path):
     X = np.concatenate([ds.train.X, ds.test_X])
     y = np.concatenate([ds.train.y, ds.test_y])
     assert np.array_equal(y, X[:, 0] * 2 + 1)      # target = 2a + 1 row by row
-    for col in ("kind", 2, -2):                     # by header name or index
+
+
+def test_csv_label_column_by_header_name_or_index(tmp_path):
+    write_csv(tmp_path)
+    for col in ("kind", 2, -2):
         cfg = file_cfg(tmp_path / "t.csv", model="softmax", label_column=col, test_fraction=0.25)
         ds = load(cfg)
         assert ds.n_outputs == 2 and list(ds.classes) == [3, 7] and ds.input_shape == (3,)
+
+
+def test_csv_unknown_label_column_is_refused_naming_the_columns(tmp_path):
+    write_csv(tmp_path)
     refused(file_cfg(tmp_path / "t.csv", label_column="nope"), "data.label_column 'nope'", "target")
     refused(file_cfg(tmp_path / "t.csv", label_column=9), "data.label_column 9", "4 columns")
+
+
+def test_csv_short_line_is_refused_naming_the_line(tmp_path):
     (tmp_path / "short.csv").write_text("1,2,3\n4,5\n")
     refused(file_cfg(tmp_path / "short.csv"), "line 2 has 2 fields, expected 3")
 

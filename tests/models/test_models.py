@@ -152,35 +152,71 @@ def test_cnn_pool_ties_get_the_gradient_once():
         np.testing.assert_allclose(grad[sl], fd[sl], rtol=1e-6)
 
 
-def test_cnn_accepts_flat_rows_and_needs_3d_input():
+def test_cnn_accepts_flat_rows():
     model, params, X, y = make("cnn")
     assert model.loss(params, X.reshape(len(X), -1), y) == model.loss(params, X, y)
+
+
+def test_cnn_refuses_an_input_shape_that_is_not_a_large_enough_image():
     with pytest.raises(ValueError, match="cnn"):
         build_model("cnn", input_shape=(12,), n_outputs=3)
     with pytest.raises(ValueError, match="too small"):
         build_model("cnn", input_shape=(1, 3, 8), n_outputs=3)
+
+
+def test_cnn_refuses_a_batch_of_another_shape():
+    model, params, X, y = make("cnn")
     with pytest.raises(ValueError, match="input"):
         model.loss(params, X[:, :, :-1], y)
 
 
 # -- dtypes --------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_float32_stays_float32(case):
+def float32_and_64(case):
+    """A float32 model's loss and gradient on float64 inputs, and the float64
+    model's at the same params: (m32, p32, X, y, g32, loss32, g64, loss64)."""
     m32, p32, X, y = make(case, l2=1e-2, dtype="float32")
     m64 = build_model(m32.name, input_shape=m32.input_shape, n_outputs=m32.n_outputs,
                       l2=1e-2, dtype="float64", **CASES[case][3])
     g32, g64 = m32.zeros(), m64.zeros()
-    assert g32.dtype == np.float32
-    # float64 inputs are converted, never the params or gradient upcast
     loss32 = m32.loss_grad(p32, X, y, g32)
     loss64 = m64.loss_grad(p32.astype(np.float64), X, y, g64)
+    return m32, p32, X, y, g32, loss32, g64, loss64
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_float32_gradient_stays_float32_on_float64_inputs(case):
+    # float64 inputs are converted, never the params or gradient upcast
+    m32, p32, X, y, g32, loss32, _, _ = float32_and_64(case)
+    assert m32.zeros().dtype == np.float32
     assert g32.dtype == np.float32 and isinstance(loss32, float)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_float32_loss_and_gradient_match_float64(case):
+    _, _, _, _, g32, loss32, g64, loss64 = float32_and_64(case)
     assert loss32 == pytest.approx(loss64, rel=1e-5)
     np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-5 * np.abs(g64).max())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_float32_inputs_give_the_loss_of_float64_inputs(case):
+    m32, p32, X, y, g32, loss32, _, _ = float32_and_64(case)
     assert m32.loss_grad(p32, X.astype(np.float32), y, g32) == pytest.approx(loss32, rel=1e-6)
-    if m32.task == "regression":
-        assert m32.predict(p32, X).dtype == np.float32
+
+
+REGRESSION = [c for c in CASES if make(c)[0].task == "regression"]
+
+
+@pytest.mark.parametrize("case", REGRESSION)
+def test_float32_regression_predicts_float32(case):
+    m32, p32, X, _, _, _, _, _ = float32_and_64(case)
+    assert m32.predict(p32, X).dtype == np.float32
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_float32_model_refuses_a_float64_gradient_buffer(case):
+    m32, p32, X, y, _, _, g64, _ = float32_and_64(case)
     with pytest.raises(ValueError, match="grad"):
         m32.loss_grad(p32, X, y, g64)
 
@@ -253,13 +289,25 @@ def test_capabilities_are_declared_per_model(case):
 
 
 @pytest.mark.parametrize("case", LINEAR)
-def test_loss_and_derivs_gives_the_data_loss_and_sample_derivs(case):
+def test_loss_and_derivs_gives_the_data_loss(case):
     model, params, X, y = make(case, l2=0.25, batch=5)
-    loss, D = model.loss_and_derivs(params, X, y)
+    loss, _ = model.loss_and_derivs(params, X, y)
     assert isinstance(loss, float)
     # the DATA loss: loss() minus its L2 term
     assert loss == pytest.approx(model.loss(params, X, y) - 0.125 * params @ params, rel=1e-12)
+
+
+@pytest.mark.parametrize("case", LINEAR)
+def test_loss_and_derivs_gives_the_sample_derivs(case):
+    model, params, X, y = make(case, l2=0.25, batch=5)
+    _, D = model.loss_and_derivs(params, X, y)
     np.testing.assert_array_equal(D, model.sample_derivs(params, X, y))
+
+
+@pytest.mark.parametrize("case", LINEAR)
+def test_loss_and_derivs_shape_is_derivs_shape(case):
+    model, params, X, y = make(case, l2=0.25, batch=5)
+    _, D = model.loss_and_derivs(params, X, y)
     assert D.shape == model.derivs_shape(5)
 
 
