@@ -195,7 +195,7 @@ def _train(comm, out, sets, resume=None):
     summary = train.run(cfg, ctx, topo, args)
     algo = ctx["algo"]
     st = algo.state_dict()
-    return summary, {f"{part}/{k}": np.array(v) for part in st for k, v in st[part].items()}
+    return summary, {f"{part}/{k}": np.array(v) for part in st for k, v in flatten(st[part]).items()}
 
 
 @pytest.mark.parallel(nprocs=5)
