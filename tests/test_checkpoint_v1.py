@@ -30,7 +30,20 @@ from mpidsgd.topology import Topology
 from mpiutil import assert_all
 
 COMM = MPI.COMM_WORLD
-V1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "checkpoint_v1")
+
+
+def data_dir(name):
+    """tests/data/<name>, found from this file's folder or one above it (so
+    the file may move into a tests/ sub-folder)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        path = os.path.join(folder, "data", name)
+        if os.path.isdir(path):
+            return path
+    raise FileNotFoundError(f"tests/data/{name}")
+
+
+V1 = data_dir("checkpoint_v1")
 COMMON = {"run.eval_every": 0, "run.log_every": 1, "run.progress": "false", "run.seed": 3,
           "data.n_samples": 128, "data.n_test": 32, "data.n_features": 4, "data.n_classes": 3,
           "data.batch_size": 16, "model.hidden": "[4]", "algo.lr": 0.05, "run.steps": 6}

@@ -17,7 +17,19 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repo_root():
+    """The folder holding mpidsgd/ and kernels/ (this file may sit in a tests/ sub-folder)."""
+    path = os.path.dirname(os.path.abspath(__file__))
+    while not all(os.path.isdir(os.path.join(path, d)) for d in ("mpidsgd", "kernels")):
+        if os.path.dirname(path) == path:
+            raise FileNotFoundError("no mpidsgd/ and kernels/ above tests/test_layering.py")
+        path = os.path.dirname(path)
+    return path
+
+
+ROOT = repo_root()
 TREES = {"mpidsgd": os.path.join(ROOT, "mpidsgd"), "mpidsgd.kernels": os.path.join(ROOT, "kernels")}
 MAX_LINES = 350
 
