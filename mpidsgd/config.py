@@ -173,7 +173,8 @@ def to_dict(cfg: Config) -> dict:
     return d
 
 
-def _toml_value(v):
+def toml_value(v):
+    """`v` (bool, number, str or list) written as a TOML value."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -181,7 +182,7 @@ def _toml_value(v):
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
@@ -193,7 +194,7 @@ def dumps(cfg_or_dict) -> str:
     def table(name, tbl):
         scalars = {k: v for k, v in tbl.items() if not isinstance(v, dict)}
         lines.append(f"[{name}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in scalars.items())
         lines.append("")
         for k, v in tbl.items():
             if isinstance(v, dict):

@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from dataclasses import fields
 
-from .config import SECTIONS, _toml_value
+from .config import SECTIONS, toml_value
 from .defaults import default_of
 
 
@@ -56,7 +56,7 @@ def algorithm_reference() -> list:
 
 
 def _md_value(v):
-    return "`" + (_toml_value(v) if v != "" else '""') + "`"
+    return "`" + (toml_value(v) if v != "" else '""') + "`"
 
 
 def _md_text(text):

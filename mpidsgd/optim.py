@@ -80,15 +80,15 @@ class SGD:
                 d = self.buf
         params -= params.dtype.type(lr) * d
 
-    def state_dict(self, prefix=""):
-        """{prefix + "momentum_buf": v} (empty without momentum); `prefix` names
-        this optimizer among others in one checkpoint section ("inner_", "outer_")."""
-        return {} if self.buf is None else {prefix + "momentum_buf": self.buf}
+    def state_dict(self):
+        """{"momentum_buf": v}, or {} without momentum. The caller nests it
+        under its own name ({"opt": ...}, {"inner": ...}) in a checkpoint."""
+        return {} if self.buf is None else {"momentum_buf": self.buf}
 
-    def load_state_dict(self, state, prefix=""):
-        """Restore from a dict holding what state_dict(prefix) gave (other keys ignored)."""
+    def load_state_dict(self, state):
+        """Restore from what state_dict() gave."""
         if self.buf is not None:
-            self.buf[...] = state[prefix + "momentum_buf"]
+            self.buf[...] = state["momentum_buf"]
 
 
 class AdamW:
@@ -120,15 +120,15 @@ class AdamW:
         xp.divide(self.m, self.work, out=self.work)
         params -= f(lr / c1) * self.work
 
-    def state_dict(self, prefix=""):
-        """{prefix + "adam_m" | "adam_v" | "adam_t": ...}; `prefix` as in SGD.state_dict."""
-        return {prefix + "adam_m": self.m, prefix + "adam_v": self.v, prefix + "adam_t": self.t}
+    def state_dict(self):
+        """{"adam_m": m, "adam_v": v, "adam_t": t}, nested by the caller as in SGD."""
+        return {"adam_m": self.m, "adam_v": self.v, "adam_t": self.t}
 
-    def load_state_dict(self, state, prefix=""):
-        """Restore from a dict holding what state_dict(prefix) gave (other keys ignored)."""
-        self.m[...] = state[prefix + "adam_m"]
-        self.v[...] = state[prefix + "adam_v"]
-        self.t = int(state[prefix + "adam_t"])
+    def load_state_dict(self, state):
+        """Restore from what state_dict() gave."""
+        self.m[...] = state["adam_m"]
+        self.v[...] = state["adam_v"]
+        self.t = int(state["adam_t"])
 
 
 def build_optimizer(algo_cfg, n, dtype, xp, *, kind=None, momentum=None, nesterov=None,

@@ -135,7 +135,7 @@ class EASGD(ServerAlgorithm):
         else:
             local["sent_sum"] = self.sent_sum
             local["samples_sent"] = self.samples_sent
-            local.update(self.opt.state_dict(prefix="opt_"))
+            local["opt"] = self.opt.state_dict()
         return {"shared": self.shared_state(), "local": local}
 
     def load_state_dict(self, state, reshard=False):
@@ -153,7 +153,7 @@ class EASGD(ServerAlgorithm):
         else:
             self.sent_sum[...] = np.asarray(lo["sent_sum"])
             self.samples_sent = int(lo["samples_sent"])
-            self.opt.load_state_dict(lo, prefix="opt_")
+            self.opt.load_state_dict(lo.get("opt", {}))
 
     def plan(self, shard):
         super().plan(shard)

@@ -271,7 +271,7 @@ class GoSGD(Algorithm):
         local = {"params": self.params, "alpha": np.float64(self.alpha), "step": self.step_count,
                  "samples": self.samples, "pushes": self.pushes, "skipped": self.skipped,
                  "merged": self.merged, "staleness": self.staleness}
-        local.update(self.opt.state_dict(prefix="opt_"))
+        local["opt"] = self.opt.state_dict()
         if self.box is not None:
             local["sent_to"] = self.box.sent_to
             local["recv_from"] = self.box.recv_from
@@ -304,7 +304,7 @@ class GoSGD(Algorithm):
         self.samples = int(lo["samples"])
         self.pushes, self.skipped = int(lo["pushes"]), int(lo["skipped"])
         self.merged, self.staleness = int(lo["merged"]), int(lo["staleness"])
-        self.opt.load_state_dict(lo, prefix="opt_")
+        self.opt.load_state_dict(lo.get("opt", {}))
         if self.box is not None:
             self.box.sent_to[...] = np.asarray(lo["sent_to"])
             self.box.recv_from[...] = np.asarray(lo["recv_from"])

@@ -263,8 +263,8 @@ class PeriodicAveraging(Algorithm):
         local = {"samples": self.samples, "x_local": self.params,
                  "mixing_steps": self.mixing_steps}
         if self.outer is not None:
-            shared.update(self.outer.state_dict(prefix="outer_"))
-        local.update(self.inner.state_dict(prefix="inner_"))
+            shared["outer"] = self.outer.state_dict()
+        local["inner"] = self.inner.state_dict()
         if self.overlap:
             # always present (checkpoints compare key sets); meaningful while pending
             shared["pending_delta"] = self.buf      # the mean: identical on every rank
@@ -279,7 +279,7 @@ class PeriodicAveraging(Algorithm):
         self.sync_step = int(sh["sync_step"])
         self.xbar[...] = xp.asarray(sh["params"])
         if self.outer is not None:
-            self.outer.load_state_dict(sh, prefix="outer_")
+            self.outer.load_state_dict(sh.get("outer", {}))
         self.pending = bool(int(sh["pending"]))
         self.reduced = self.pending
         self.req = None
@@ -296,7 +296,7 @@ class PeriodicAveraging(Algorithm):
         self.samples = int(lo["samples"])
         self.mixing_steps = int(lo["mixing_steps"])
         self.synced = bool(int(sh["synced"]))
-        self.inner.load_state_dict(lo, prefix="inner_")
+        self.inner.load_state_dict(lo.get("inner", {}))
         if self.pending:
             self.snap[...] = xp.asarray(lo["snapshot"])
 

@@ -92,14 +92,14 @@ class DenseSGD(Algorithm):
     # -- checkpoint state -----------------------------------------------------------------
     def state_dict(self):
         state = super().state_dict()
-        state["shared"].update(self.opt.state_dict())
+        state["shared"]["opt"] = self.opt.state_dict()
         if self.metric_every:
             state["shared"]["metric_history"] = np.array(self.history, np.float64).reshape(-1, 3)
         return state
 
     def load_state_dict(self, state, reshard=False):
         super().load_state_dict(state, reshard)
-        self.opt.load_state_dict(state["shared"])
+        self.opt.load_state_dict(state["shared"].get("opt", {}))
         if self.metric_every and "metric_history" in state["shared"]:
             h = np.asarray(state["shared"]["metric_history"], np.float64).reshape(-1, 3)
             self.history = [[int(e), int(s), float(r)] for e, s, r in h]

@@ -117,13 +117,13 @@ class ErrorFeedbackSGD(Algorithm):
 
     def state_dict(self):
         state = super().state_dict()
-        state["shared"].update(self.opt.state_dict())
+        state["shared"]["opt"] = self.opt.state_dict()
         state["local"].update(self.sparse.state_dict())
         return state
 
     def load_state_dict(self, state, reshard=False):
         super().load_state_dict(state, reshard)
-        self.opt.load_state_dict(state["shared"])
+        self.opt.load_state_dict(state["shared"].get("opt", {}))
         if reshard:
             self.sparse.reset()
         else:

@@ -38,15 +38,15 @@ import time
 
 import numpy as np
 
-from .kernels import _cpu_name, _ints
+from .kernels import cpu_name, ints
 
 
 def register(sub):
     p = sub.add_parser("collectives", help="dense vs sparse allreduce: ms, bytes, messages, "
                                            "cost model", description=__doc__)
-    p.add_argument("--n", type=_ints, default=[2**24], help="gradient length (default 2^24)")
+    p.add_argument("--n", type=ints, default=[2**24], help="gradient length (default 2^24)")
     p.add_argument("--density", type=float, default=0.01, help="k / n (default 0.01)")
-    p.add_argument("--teams", type=_ints, default=None,
+    p.add_argument("--teams", type=ints, default=None,
                    help="SparDL team counts to run besides d = 1 (default: every divisor of P)")
     p.add_argument("--emulate", action="append", default=None, metavar="ALPHA,BETA|none",
                    help="emulated network (repeatable; default none)")
@@ -293,7 +293,7 @@ def run(args):
     traffic = _oktopk_traffic(topo, backend, args)
     if topo.is_root:
         load = os.getloadavg()
-        where = (f"{_cpu_name()}, {os.cpu_count()} cores, {topo.size} ranks; "
+        where = (f"{cpu_name()}, {os.cpu_count()} cores, {topo.size} ranks; "
                  f"{_gpu_name(backend, len(modes) > 1)}; dtype "
                  f"{args.dtype}, density {args.density}, median of {args.reps}; "
                  f"load average {load[0]:.2f} {load[1]:.2f}")

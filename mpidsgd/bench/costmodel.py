@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from ._costmodel_plot import n_label
-from .kernels import _ints, _median_ms
+from .kernels import ints, median_ms
 
 SCHEMES = ("dense-ring", "dense-rabenseifner", "topka", "gtopk", "oktopk-bound",
            "oktopk-measured", "spardl", "spardl-teams", "lower-bound")
@@ -37,7 +37,7 @@ def register(sub):
     p = sub.add_parser("costmodel", help="predicted step time per scheme against P (alpha-beta "
                                          "+ measured compute)", description=__doc__)
     p.add_argument("--P", default="8,16,...,1024", help="rank counts (default 8,16,...,1024)")
-    p.add_argument("--n", type=_ints, default=[2**24, 2**27], help="gradient lengths (2^24 style)")
+    p.add_argument("--n", type=ints, default=[2**24, 2**27], help="gradient lengths (2^24 style)")
     p.add_argument("--density", type=float, default=0.01)
     p.add_argument("--alpha", type=_floats, default=[5e-6, 5e-5], help="seconds per message")
     p.add_argument("--beta", type=_floats, default=[8e-10, 8e-9], help="seconds per byte")
@@ -78,15 +78,15 @@ def measure_compute(dtype, n=2**22, density=0.01):
     g = rng.standard_normal(n).astype(dtype)
     res = np.zeros_like(g)
     k = max(1, int(n * density))
-    sel = _median_ms(lambda: K.ef_select(g, res, k), 5, setup=lambda: res.fill(0)) / 1e3 / n
+    sel = median_ms(lambda: K.ef_select(g, res, k), 5, setup=lambda: res.fill(0)) / 1e3 / n
     idx = np.sort(rng.choice(n, k, replace=False)).astype(np.int32)
     val = rng.standard_normal(k).astype(dtype)
     dst = np.zeros(n, dtype)
-    merge = _median_ms(lambda: K.scatter_add(dst, idx, val), 9) / 1e3 / k
+    merge = median_ms(lambda: K.scatter_add(dst, idx, val), 9) / 1e3 / k
     y = g.copy()
-    add = _median_ms(lambda: np.add(dst, y, out=dst), 9) / 1e3 / n
+    add = median_ms(lambda: np.add(dst, y, out=dst), 9) / 1e3 / n
     t = float(np.partition(np.abs(g), n - k)[n - k])
-    thr = _median_ms(lambda: K.threshold_select(g, t), 9) / 1e3 / n
+    thr = median_ms(lambda: K.threshold_select(g, t), 9) / 1e3 / n
     return {"sel": sel, "merge": merge, "add": add, "thr": thr,
             "source": f"measured now, n={n}, 1 thread"}
 

@@ -32,12 +32,12 @@ MB = 1e6
 def register(sub):
     p = sub.add_parser("kernels", help="kernel speed vs baselines (ms, passes, GB/s)",
                        description=__doc__)
-    p.add_argument("--n", type=_ints, default=[2**24, 2**21],
+    p.add_argument("--n", type=ints, default=[2**24, 2**21],
                    help="vector lengths, comma-separated; 2^24 style allowed "
                         "(default 2^24,2^21)")
     p.add_argument("--density", type=float, default=0.01, help="k / n (default 0.01)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=_ints, default=None,
+    p.add_argument("--threads", type=ints, default=None,
                    help="Numba thread counts, comma-separated (default 1 and all)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--reps", type=int, default=9, help="timed runs per figure (median)")
@@ -45,7 +45,8 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def _ints(text):
+def ints(text):
+    """A comma-separated list of integers, 2^24 style allowed (argparse type)."""
     out = []
     for part in text.split(","):
         base, _, exp = part.strip().partition("^")
@@ -55,7 +56,7 @@ def _ints(text):
 
 # ---------------------------------------------------------------- timing
 
-def _median_ms(fn, reps, setup=None, sync=lambda: None):
+def median_ms(fn, reps, setup=None, sync=lambda: None):
     """Median wall time of fn() over reps runs after one warm-up run."""
     times = []
     for i in range(reps + 1):
@@ -178,10 +179,10 @@ def _bench_size(K, table, xp, device, n, args, threads, sync):
     x, res, idx, val, t = _inputs(xp, n, k, args.dtype)
     s = x.dtype.itemsize
     y = xp.empty_like(x)
-    read = _median_ms(lambda: x.max(), args.reps, sync=sync)
+    read = median_ms(lambda: x.max(), args.reps, sync=sync)
     one = 1 if device == "cpu" else None              # NumPy: one thread
     table.add("read pass", "x.max()", one, n, k, read, read, n * s, None)
-    copy = _median_ms(lambda: xp.copyto(y, x), args.reps, sync=sync)
+    copy = median_ms(lambda: xp.copyto(y, x), args.reps, sync=sync)
     table.add("copy", "copyto", one, n, k, copy, read, 2 * n * s, None)
     impl = "cpu" if device == "cpu" else "cuda"
     cases = _cases(K, xp, impl, x, res, idx, val, t, k, s, n)
@@ -192,7 +193,7 @@ def _bench_size(K, table, xp, device, n, args, threads, sync):
     base_ms = {}
     for op, fn, setup, nbytes in cases:       # baselines: once per size
         for name, bfn, bsetup in bases.get(op, []):
-            ms = _median_ms(bfn, max(3, args.reps // 3), bsetup, sync)
+            ms = median_ms(bfn, max(3, args.reps // 3), bsetup, sync)
             base_ms.setdefault(op, ms)
             table.add(op, name, one, n, k, ms, read, nbytes, base_ms[op])
     for nth in threads:
@@ -200,11 +201,12 @@ def _bench_size(K, table, xp, device, n, args, threads, sync):
             import numba
             numba.set_num_threads(nth)
         for op, fn, setup, nbytes in cases:
-            ms = _median_ms(fn, args.reps, setup, sync)
+            ms = median_ms(fn, args.reps, setup, sync)
             table.add(op, impl, nth, n, k, ms, read, nbytes, base_ms.get(op))
 
 
-def _cpu_name():
+def cpu_name():
+    """The CPU model from /proc/cpuinfo (the machine line of a report)."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -227,7 +229,7 @@ def run(args):
         xp, sync = np, (lambda: None)
         most = numba.config.NUMBA_NUM_THREADS
         threads = [t for t in (args.threads or sorted({1, most})) if 1 <= t <= most]
-        where = f"{_cpu_name()}, {os.cpu_count()} cores, Numba {numba.__version__}"
+        where = f"{cpu_name()}, {os.cpu_count()} cores, Numba {numba.__version__}"
     table = Table(args.device, args.dtype)
     for n in args.n:
         _bench_size(K, table, xp, args.device, n, args, threads, sync)

@@ -7,6 +7,9 @@ One file per checkpoint, `<checkpoint.dir>/ckpt-<step>.h5`:
                  param_count, dtype, layout (every view of the parameters), created
     /shared/<k>              algorithm state identical on every rank (written once)
     /ranks/<r>/algo/<k>      the algorithm's per-rank state
+
+A nested state dict is a group: {"opt": {"momentum_buf": v}} in the shared
+state is the dataset /shared/opt/momentum_buf (flatten / unflatten below).
     /ranks/<r>/data/<k>      the shard's position in the data order
     /ranks/<r>/comm/<phase>  [bytes, messages] sent so far (byte counts continue)
     /ranks/<r>/train/<k>     the running loss average and elapsed time
@@ -36,7 +39,7 @@ __all__ = ["encode", "decode", "pack", "unpack", "verify", "info", "list_checkpo
            "read_group", "read_value"]
 
 FORMAT = "mpidsgd-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2       # 2: optimizer state nested (migrate.py reads version 1)
 NAME = re.compile(r"^ckpt-(\d+)\.h5$")
 
 
@@ -268,6 +271,10 @@ def info(path: str, out=None) -> int:
     for k in sorted(attrs):
         if k != "config":
             p(f"  {k} = {attrs[k]}")
+    old = attrs.get("format_version")
+    if isinstance(old, int) and old < FORMAT_VERSION:
+        p(f"note: format version {old}, listed as stored; a resume reads it as version "
+          f"{FORMAT_VERSION} (optimizer state nested under opt/, inner/, outer/)")
     p("layout:")
     for name, dt, shape, kind, ok in sorted(datasets):
         p(f"  /{name:<40} {str(dt):>8} {str(shape):>14}  {kind:<8} "

@@ -19,6 +19,7 @@ from ..comm.agree import agreed
 from ..errors import CheckpointError, ConfigError
 from .format import (FORMAT_VERSION, flatten, list_checkpoints, pack, read_group, sub,
                      unflatten, unpack, verify)
+from .migrate import to_current
 from .schema import (attribute_rules, check, check_local, check_model, data0_rules, local_rules,
                      template)
 from .transfer import TAG, bcast_bytes, recv_packed, send_packed
@@ -99,8 +100,12 @@ class Resume:
         if data0["pos"] >= data0["steps_per_epoch"]:
             raise CheckpointError(f"{where}: /ranks/0/data/pos is {data0['pos']}, past the "
                                   f"{data0['steps_per_epoch']} steps of an epoch")
+        version = int(attrs["format_version"])
+        if version < FORMAT_VERSION:
+            self.log.say(f"mpidsgd: {where} has format version {version}; reading it as "
+                         f"version {FORMAT_VERSION} (optimizer state moves to nested keys)")
         return {"path": path, "reshard": reshard, "saved_world_size": saved_p,
-                "step": int(attrs["step"]), "data0": data0}
+                "step": int(attrs["step"]), "data0": data0, "version": version}
 
     @staticmethod
     def _check_groups(f, where, saved_p):
@@ -120,7 +125,8 @@ class Resume:
         f = h5py.File(meta["path"], "r") if self.topo.is_root else None
         try:
             if f is not None:
-                header, payload = pack(read_group(f["shared"]))
+                header, payload = pack(to_current(read_group(f["shared"]), meta["version"],
+                                                  "shared"))
                 blob = len(header).to_bytes(8, "little") + header + payload.tobytes()
             else:
                 blob = b""
@@ -131,10 +137,11 @@ class Resume:
                 return shared, None
             if f is not None:
                 for r in range(1, self.topo.size):
-                    header, payload = pack(read_group(f[f"ranks/{r}"]))
+                    header, payload = pack(to_current(read_group(f[f"ranks/{r}"]),
+                                                      meta["version"], "rank"))
                     self.ch.Send(np.array([len(header), payload.size], np.int64), r, TAG)
                     send_packed(self.ch, r, header, payload)
-                local = read_group(f["ranks/0"])
+                local = to_current(read_group(f["ranks/0"]), meta["version"], "rank")
             else:
                 n = np.empty(2, np.int64)
                 self.ch.Recv(n, 0, TAG)

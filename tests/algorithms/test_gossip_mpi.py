@@ -6,6 +6,7 @@ One launch of 8 ranks tests every world size on sub-communicators. Every
 rank starts from a DIFFERENT x_i (with equal starts any merge weight would
 pass) and the mixing tests use lr = 0, so only gossip moves the models.
 """
+import copy
 from types import SimpleNamespace
 
 import numpy as np
@@ -239,8 +240,7 @@ def test_checkpoint_round_trip_continues_identically():
             a.step(shard)
         a.quiesce()
         state = a.state_dict()
-        state = {part: {k: np.array(v, copy=True) for k, v in d.items()}
-                 for part, d in state.items()}
+        state = copy.deepcopy(state)      # nested sections (the optimizer's) copied too
         b, _, _ = make(sub, **kw)
         b.load_state_dict(state)
         run_to_end(b, shard)                     # the shard's position carries on

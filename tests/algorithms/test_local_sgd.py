@@ -3,6 +3,8 @@ validation errors naming the key, the mixing draws, and the one-rank run
 against the serial simulation of docs/algorithms/local-sgd.md (the MPI file
 covers P = 1..5)."""
 
+import copy
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -141,7 +143,7 @@ def test_reshard_restarts_every_rank_from_the_global_model():
     cfg = make_cfg("palsgd", 20, H=4, p=0.3, mix_rate=0.5, overlap=True, momentum=0.9)
     algo, _ = build(cfg, MPI.COMM_SELF, model, x0, shards(X, y, 1)[0])
     run_steps(algo, shards(X, y, 1)[0], 4)        # the sync of step 3 is in flight
-    state = {"shared": {k: np.copy(v) for k, v in algo.state_dict()["shared"].items()}}
+    state = {"shared": copy.deepcopy(algo.state_dict()["shared"])}
     algo2, _ = build(cfg, MPI.COMM_SELF, model, x0, shards(X, y, 1)[0])
     algo2.load_state_dict(state, reshard=True)
     assert np.array_equal(algo2.params, state["shared"]["params"])

@@ -110,8 +110,8 @@ def test_info_prints_layout_attributes_and_checksum_verdict(trained, tmp_path, c
     path = os.path.join(trained, "checkpoints", "ckpt-10.h5")
     assert info(path) == 0
     out = capsys.readouterr().out
-    for text in ("algorithm = sgd", "world_size = 2", "step = 10", "format_version = 1",
-                 "mpidsgd_version = ", "/shared/params", "/shared/momentum_buf",
+    for text in ("algorithm = sgd", "world_size = 2", "step = 10", "format_version = 2",
+                 "mpidsgd_version = ", "/shared/params", "/shared/opt/momentum_buf",
                  "/ranks/1/data/pos", "/ranks/0/comm/train", "[algo]",
                  "verdict: valid, all "):
         assert text in out, text

@@ -34,7 +34,7 @@ from mpidsgd import config as C, reporting, train
 from mpidsgd.catalog import load_config, validate
 from mpidsgd.algorithms import REGISTRY
 from mpidsgd.algorithms.base import Algorithm, StepInfo, register
-from mpidsgd.checkpoint.format import list_checkpoints, verify
+from mpidsgd.checkpoint.format import list_checkpoints, read_group, verify
 from mpidsgd.errors import AgreedError
 from mpiutil import assert_all, sub_comms
 from resume_check import (BASE, EVERY, N, check_exact, records, resume_matches, same_state,
@@ -180,12 +180,12 @@ def test_world_size_change_damage_and_incompatible_files(capsys):
         summ, state, ctx = train_once(sub, out2, {"checkpoint.allow_reshard": "true",
                                                   "run.steps": EVERY}, resume=ck)
         with h5py.File(ck, "r") as f:
-            saved = {k: f["shared"][k][()] for k in f["shared"]}
+            saved = read_group(f["shared"])
             pos4, spe4 = int(f["ranks/0/data/pos"][0]), int(f["ranks/0/data/steps_per_epoch"][0])
             ep4 = int(f["ranks/0/data/epoch"][0])
         sh = ctx["data"].train
         ok = np.array_equal(state["shared/params"], saved["params"])
-        ok &= np.array_equal(state["shared/momentum_buf"], saved["momentum_buf"])
+        ok &= np.array_equal(state["shared/opt/momentum_buf"], saved["opt/momentum_buf"])
         ok &= state["local/samples"] == 0 and ctx["algo"].step_count == EVERY
         ok &= sh.epoch == ep4 and sh.pos == pos4 * sh.steps_per_epoch // spe4
         assert_all(ok, "reshard did not restore shared state / reset local state", comm=sub)
@@ -412,6 +412,11 @@ CRAFTED = [   # (edit, words of the one error line)
                                                     "expected (2,)"]),
     (set_value("ranks/3/comm/train", np.array([-1.0, 2.0])), ["/ranks/3/comm/train", ">= 0"]),
     (set_element("shared/params", 0, np.nan), ["/shared/params holds non-finite values"]),
+    # nested state (the optimizer's section) is checked like any other value
+    (set_value("shared/opt/momentum_buf", np.zeros(3, np.float32)),
+     ["/shared/opt/momentum_buf has shape (3,)", "expected (63,)"]),
+    (set_element("shared/opt/momentum_buf", 2, np.inf),
+     ["/shared/opt/momentum_buf holds non-finite"]),
     (set_value("ranks/0/train/loss_acc", float("inf")), ["/ranks/0/train/loss_acc is not finite"]),
 ]
 

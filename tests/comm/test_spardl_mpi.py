@@ -11,6 +11,8 @@
 One 8-rank launch covers P = 1..8 (sub-communicators) and teams (8, 2),
 (8, 4), (6, 3), (4, 2) with both SAGs; one 12-rank launch covers P = 11 and
 teams (12, 3), (12, 4), (12, 2)."""
+import copy
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -208,8 +210,7 @@ def test_algorithm_identical_params_density_one_is_sgd_and_resume_bitwise():
         good &= not np.allclose(a.params, dense) and a.sparse.residual().any()
         # resume from the state_dict at step 3 continues bit for bit
         b = train(build(comm, "spardl", 6, *opts), 3)
-        state = {s: {k: np.array(v, copy=True) for k, v in d.items()}
-                 for s, d in b.state_dict().items()}
+        state = copy.deepcopy(b.state_dict())      # nested sections copied too
         ctx = build(comm, "spardl", 6, *opts)
         c = ctx["algo"]
         c.load_state_dict(state)

@@ -4,6 +4,8 @@ their counted traffic against the cost model.
 One launch of 8 ranks tests every world size 1..8 (gTop-k: 1, 2, 4, 8) on
 sub-communicators; the training algorithms run on a 4-rank sub-communicator.
 """
+import copy
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -214,8 +216,7 @@ def test_algorithms_identical_params_density_one_equals_sgd_and_resume_bitwise()
             good &= not np.allclose(a.params, dense)
             # resume from state_dict at step 3 continues bit for bit
             b = train(build(sub, name, 6, ["algo.density=0.05", "algo.warmup_dense_steps=1"]), 3)
-            state = {s: {k: np.array(v, copy=True) for k, v in d.items()}
-                     for s, d in b.state_dict().items()}
+            state = copy.deepcopy(b.state_dict())      # nested sections copied too
             ctx = build(sub, name, 6, ["algo.density=0.05", "algo.warmup_dense_steps=1"])
             c = ctx["algo"]
             c.load_state_dict(state)

@@ -155,6 +155,7 @@ BASE = {"run.steps": 20, "run.eval_every": 10, "run.log_every": 5, "run.progress
 
 def train_state(comm, out, sets):
     from mpidsgd import train
+    from mpidsgd.checkpoint.format import flatten
     from mpidsgd.topology import Topology
     items = {**BASE, "run.out_dir": json.dumps(out), **sets}
     args = train.parse_args([x for k, v in items.items() for x in ("--set", f"{k}={v}")])
@@ -164,7 +165,7 @@ def train_state(comm, out, sets):
     algo = ctx["algo"]
     st = algo.state_dict()
     state = {f"{part}/{k}": np.array(algo.backend.asnumpy(v)) if hasattr(v, "shape") else v
-             for part in ("shared", "local") for k, v in st[part].items()}
+             for part in ("shared", "local") for k, v in flatten(st[part]).items()}
     counters = ctx["channel"].counters
     traffic = {ph: (counters.bytes.get(ph, 0), counters.messages.get(ph, 0))
                for ph in ("train", "eval")}

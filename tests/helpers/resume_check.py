@@ -11,7 +11,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mpidsgd import train
-from mpidsgd.checkpoint.format import list_checkpoints
+from mpidsgd.checkpoint.format import flatten, list_checkpoints
 from mpidsgd.topology import Topology
 from mpiutil import assert_all
 
@@ -37,10 +37,11 @@ def argv(out, sets=None, resume=None):
 
 
 def host_state(algo):
-    """Every array and scalar of the algorithm's state, as host copies."""
+    """Every array and scalar of the algorithm's state, as host copies, by
+    path ("shared/opt/momentum_buf": nested sections flattened)."""
     st = algo.state_dict()
     return {f"{part}/{k}": np.array(algo.backend.asnumpy(v)) if hasattr(v, "shape") else v
-            for part in ("shared", "local") for k, v in st[part].items()}
+            for part in ("shared", "local") for k, v in flatten(st[part]).items()}
 
 
 def train_once(comm, out, sets=None, resume=None, hook=None):

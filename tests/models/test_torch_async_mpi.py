@@ -30,6 +30,7 @@ else:
     torch = pytest.importorskip("torch")
 
 from mpidsgd import train  # noqa: E402
+from mpidsgd.checkpoint.format import flatten  # noqa: E402
 from mpidsgd.topology import Topology  # noqa: E402
 from mpiutil import assert_all, sub_comms  # noqa: E402
 
@@ -98,7 +99,8 @@ def test_asgd_one_group_and_easgd_one_worker_follow_the_builtin_mlp():
 def final_state(ctx):
     """Everything a resume must restore, as bytes by name (this rank)."""
     st = ctx["algo"].state_dict()
-    flat = {f"{part}/{k}": np.array(v) for part in ("shared", "local") for k, v in st[part].items()}
+    flat = {f"{part}/{k}": np.array(v) for part in ("shared", "local")
+            for k, v in flatten(st[part]).items()}          # nested sections by path
     flat.update({f"model/{k}": np.array(v) for k, v in ctx["model"].state_dict().items()})
     return flat
 

@@ -29,6 +29,7 @@ else:
     torch = pytest.importorskip("torch")
 
 from mpidsgd import train  # noqa: E402
+from mpidsgd.checkpoint.format import flatten  # noqa: E402
 
 from mpidsgd.catalog import config_from_dict  # noqa: E402
 from mpidsgd.algorithms import REGISTRY  # noqa: E402
@@ -143,7 +144,8 @@ def run_once(out, sets, resume=None):
     cfg, ctx = train.setup(args, topo)
     train.run(cfg, ctx, topo, args)
     st = ctx["algo"].state_dict()
-    flat = {f"{part}/{k}": np.array(v) for part in ("shared", "local") for k, v in st[part].items()}
+    flat = {f"{part}/{k}": np.array(v) for part in ("shared", "local")
+            for k, v in flatten(st[part]).items()}          # nested sections by path
     flat.update({f"model/{k}": np.array(v) for k, v in ctx["model"].state_dict().items()})
     return flat
 
