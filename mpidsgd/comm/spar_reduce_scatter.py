@@ -9,6 +9,8 @@ been summed into it:
     R = ceil(log2 P); round i: gap_i = 2^(R-1-i),
         s_0 = P - 2^(R-1), s_i = 2^(R-1-i) for i >= 1
     for j < s_i: b = (r + gap_i + j) mod P; idx = topk_abs(A[b], k_b)
+                 (the s_i blocks of a round in one batched selection,
+                 kernels.topk_abs_blocks: one launch on the GPU)
                  send (idx, A[b][idx]); A[b][idx] = 0
     ONE packed message of s_i * k_b entries to (r + gap_i) mod P;
     receive s_i * k_b from (r - gap_i) mod P: its j-th block is block
@@ -25,7 +27,7 @@ is logged so that the caller zeroes it where it stays on the final support
 from __future__ import annotations
 
 from ..backend import array_module
-from ..kernels import ef_select, pack, scatter_add, topk_abs, unpack
+from ..kernels import ef_select_blocks, pack, scatter_add, topk_abs_blocks, unpack
 from .costmodel import log2ceil
 
 TAG_SRS = 0x5B2
@@ -62,28 +64,55 @@ class LazySum:
                 xp = array_module(self.A)
                 xp.add(self.A[b][:m], self.g[lo:lo + m], out=self.A[b][:m])
 
-    def take(self, b, k):
-        """Top-k of block b (summed first if it was not); A[b] is left
-        holding the values selected from. Returns (idx, val)."""
-        if self.todo[b] and self._width(b) == self.c:
-            self.todo[b] = False
-            lo = b * self.c
-            return ef_select(self.g[lo:lo + self.c], self.A[b], k, zero=False)
-        self.ensure(b)
-        return topk_abs(self.A[b], k)
+    def fusable(self, b):
+        """Block b is still E_b and full width: its sum can be fused into ef_select."""
+        return self.todo[b] and self._width(b) == self.c
+
+    def take_run(self, b0, s, k):
+        """Top-k of the s consecutive blocks b0.. (all fusable, or summed first
+        if not); A keeps the values selected from. Returns (idx, val), (s, k)."""
+        rows = self.A[b0:b0 + s].reshape(-1)
+        if all(self.fusable(b) for b in range(b0, b0 + s)):
+            for b in range(b0, b0 + s):
+                self.todo[b] = False
+            g = self.g[b0 * self.c:(b0 + s) * self.c]
+            return ef_select_blocks(g, rows, s, k, zero=False)
+        for b in range(b0, b0 + s):
+            self.ensure(b)
+        return topk_abs_blocks(rows, s, k)
 
     def finish(self):
         for b in range(len(self.todo)):
             self.ensure(b)
 
 
-def _take(A, b, k_b, touched, lazy):
-    """Top-k_b of block b, about to leave this rank (logged with old = None:
+def _runs(bs, lazy):
+    """Split the block list bs into runs (b0, s) of consecutive blocks that one
+    batched selection can take (for a LazySum: all fusable or none)."""
+    runs = []
+    for b in bs:
+        kind = lazy.fusable(b) if lazy is not None else None
+        if runs and b == runs[-1][0] + runs[-1][1] and kind == runs[-1][2]:
+            runs[-1][1] += 1
+        else:
+            runs.append([b, 1, kind])
+    return [(b0, s) for b0, s, _ in runs]
+
+
+def _take(A, bs, k_b, touched, lazy):
+    """Top-k_b of the blocks bs, about to leave this rank, in as few batched
+    launches as the runs of consecutive blocks allow (logged with old = None:
     the selected entries are not zeroed in A, see the module docstring)."""
-    idx, val = lazy.take(b, k_b) if lazy is not None else topk_abs(A[b], k_b)
+    sels = []
+    for b0, s in _runs(bs, lazy):
+        if lazy is not None:
+            idx, val = lazy.take_run(b0, s, k_b)
+        else:
+            idx, val = topk_abs_blocks(A[b0:b0 + s].reshape(-1), s, k_b)
+        sels.extend(zip(idx, val))
     if touched is not None:
-        touched.append((b, idx, None))
-    return idx, val
+        touched.extend((b, idx, None) for b, (idx, _) in zip(bs, sels))
+    return sels
 
 
 def _exchange(channel, xp, sels, dest, src, k_b, dtype):
@@ -126,7 +155,7 @@ def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None, touched=None
         dest, src = (r + gap) % P, (r - gap) % P
         groups = [range(s)] if batched else [[j] for j in range(s)]
         for js in groups:
-            sels = [_take(A, (dest + j) % P, k_b, touched, lazy) for j in js]
+            sels = _take(A, [(dest + j) % P for j in js], k_b, touched, lazy)
             got, sent = _exchange(channel, xp, sels, dest, src, k_b, A.dtype)
             if log is not None:
                 log.append(sent)
