@@ -74,27 +74,31 @@ def _small(c, k, mode, tkey, g, r, ef, zero):
 # ---------------------------------------------------------------- multi block
 
 def _state(c, k, mode, tkey):
-    """Device state of every segment: bnd (blo, alo), cnt (above, need, done)."""
+    """Device state of every segment: bnd (blo, alo), cnt (above, need, done),
+    arrive (block counter), hist (the digit's histogram), set by a kernel."""
     S, dev = c.S, c.dev
+    bnd = dev.empty(2 * S, np.uint64).reshape(S, 2)
+    cnt = dev.empty(3 * S, np.int64).reshape(S, 3)
+    arrive = dev.empty(S, np.int32)
+    hist = dev.empty(S * NBINS, np.int64).reshape(S, NBINS)
     if mode == TOPK:
-        bnd = np.tile(np.array([0, 1 << int(c.nbits)], np.uint64), (S, 1))
-        cnt = np.tile(np.array([0, k, 0], np.int64), (S, 1))
+        lims = (np.uint64(0), np.uint64(1 << int(c.nbits)), np.int64(k), np.int64(0))
     else:
-        bnd = np.tile(np.array([tkey, tkey], np.uint64), (S, 1))
-        cnt = np.tile(np.array([0, 0, 1], np.int64), (S, 1))
-    return dev.put(bnd), dev.put(cnt), dev.zeros(S, np.int32)
+        lims = (np.uint64(tkey), np.uint64(tkey), np.int64(0), np.int64(1))
+    L.init[blocks(S * NBINS), THREADS, dev.stream](bnd, cnt, arrive, hist, *lims)
+    return bnd, cnt, arrive, hist
 
 
 def _large(c, k, mode, tkey, g, r, ef, zero):
     dev, S, m, st = c.dev, c.S, c.m, c.dev.stream
     nt = -(-m // L.TILE)
-    grid = (max(1, min(nt, MAX_BLOCKS)), S)
-    bnd, cnt, arrive = _state(c, k, mode, tkey)
-    hist = dev.zeros(S * NBINS, np.int64).reshape(S, NBINS)
+    per_seg = -(-MAX_BLOCKS // S)               # about MAX_BLOCKS blocks in all
+    grid = (min(nt, per_seg), S)
+    bnd, cnt, arrive, hist = _state(c, k, mode, tkey)
     shift = int(c.nbits) - DIGIT
     topk = mode == TOPK
     if topk:                                    # 1. NaN check (+ sum), top digit
-        L.first[(blocks(m), S), THREADS, st](g, r, c.u, np.int64(m), ef, c.amask, c.inf,
+        L.first[(min(blocks(m), per_seg), S), THREADS, st](g, r, c.u, np.int64(m), ef, c.amask, c.inf,
                                               np.uint64(shift), np.int64(k), hist, bnd, cnt,
                                               arrive, c.status)
         if k == 0:

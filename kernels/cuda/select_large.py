@@ -66,6 +66,21 @@ def _flush_and_choose(sh, nb, shift, k, seg, hist, bnd, cnt, arrive, flag, sha, 
 
 
 @cuda.jit(cache=True)
+def init(bnd, cnt, arrive, hist, blo, alo, need, done):
+    """Every segment's state: boundary [blo, alo), (0 above, need, done), no
+    arrivals, an empty histogram (a kernel: no host-to-device copy)."""
+    for i in range(cuda.grid(1), hist.size, cuda.gridsize(1)):
+        hist[i // NBINS, i % NBINS] = 0
+    for s in range(cuda.grid(1), arrive.size, cuda.gridsize(1)):
+        bnd[s, BLO] = blo
+        bnd[s, ALO] = alo
+        cnt[s, 0] = 0
+        cnt[s, NEED] = need
+        cnt[s, DONE] = done
+        arrive[s] = 0
+
+
+@cuda.jit(cache=True)
 def first(g, r, u, m, ef, amask, inf, shift, k, hist, bnd, cnt, arrive, status):
     """Pass 1 over segment blockIdx.y (grid-stride); top digit at `shift`."""
     sh = cuda.shared.array(NBINS, int32)
