@@ -18,11 +18,12 @@ write). threshold_select is the same kernels with the boundary fixed at the
 threshold's key; its count is the status read-back.
 """
 import numpy as np
+from numba import cuda
 
 from . import select_large as L
 from .select_device import DIGIT, NBINS
 from .select_small import THRESH, TOPK, small_select
-from .util import MAX_BLOCKS, THREADS, Device, blocks
+from .util import MAX_BLOCKS, THREADS, Device, blocks, is_cupy
 from ..common import UINT, abs_mask, index_dtype, inf_key, non_finite_error
 
 # segments of up to this many keys are selected by one CUDA block each
@@ -57,14 +58,25 @@ def _dummy(dev, dtype):
     return dev.empty(1, dtype)
 
 
+def _launch(dev, kernel, grid, *args):
+    """kernel[grid, THREADS] on the call's stream. CuPy arrays go in as Numba
+    views made without the stream synchronisation Numba does when it imports
+    an array that names a stream: the launch is on that stream, so it is
+    ordered after the array's producers anyway, and a sync per argument would
+    make the host wait for the device at every launch."""
+    if dev.cupy:
+        args = [cuda.from_cuda_array_interface(a.__cuda_array_interface__, owner=a, sync=False)
+                if is_cupy(a) else a for a in args]
+    kernel[grid, THREADS, dev.stream](*args)
+
+
 # ---------------------------------------------------------------- single block
 
 def _small(c, k, mode, tkey, g, r, ef, zero):
     cap = c.S * k if mode == TOPK else c.m
     idx, vals, vbits = c.outputs(cap)
-    small_select[c.S, THREADS, c.dev.stream](
-        g, r, c.u, np.int64(c.m), ef, np.int64(mode), np.int64(k), np.uint64(tkey), c.nbits,
-        c.amask, c.inf, idx, vbits, bool(zero), c.status)
+    _launch(c.dev, small_select, c.S, g, r, c.u, np.int64(c.m), ef, np.int64(mode), np.int64(k),
+            np.uint64(tkey), c.nbits, c.amask, c.inf, idx, vbits, bool(zero), c.status)
     status = _read_back(c.dev, c.status)
     if mode == THRESH:
         idx, vals = idx[:int(status[1])], vals[:int(status[1])]
@@ -85,12 +97,12 @@ def _state(c, k, mode, tkey):
         lims = (np.uint64(0), np.uint64(1 << int(c.nbits)), np.int64(k), np.int64(0))
     else:
         lims = (np.uint64(tkey), np.uint64(tkey), np.int64(0), np.int64(1))
-    L.init[blocks(S * NBINS), THREADS, dev.stream](bnd, cnt, arrive, hist, *lims)
+    _launch(dev, L.init, blocks(S * NBINS), bnd, cnt, arrive, hist, *lims)
     return bnd, cnt, arrive, hist
 
 
 def _large(c, k, mode, tkey, g, r, ef, zero):
-    dev, S, m, st = c.dev, c.S, c.m, c.dev.stream
+    dev, S, m = c.dev, c.S, c.m
     nt = -(-m // L.TILE)
     per_seg = -(-MAX_BLOCKS // S)               # about MAX_BLOCKS blocks in all
     grid = (min(nt, per_seg), S)
@@ -98,9 +110,8 @@ def _large(c, k, mode, tkey, g, r, ef, zero):
     shift = int(c.nbits) - DIGIT
     topk = mode == TOPK
     if topk:                                    # 1. NaN check (+ sum), top digit
-        L.first[(min(blocks(m), per_seg), S), THREADS, st](g, r, c.u, np.int64(m), ef, c.amask, c.inf,
-                                              np.uint64(shift), np.int64(k), hist, bnd, cnt,
-                                              arrive, c.status)
+        _launch(dev, L.first, (min(blocks(m), per_seg), S), g, r, c.u, np.int64(m), ef,
+                c.amask, c.inf, np.uint64(shift), np.int64(k), hist, bnd, cnt, arrive, c.status)
         if k == 0:
             return c.outputs(0)[:2] + (_read_back(dev, c.status),)
     # 2. candidates (key >= blo) per tile, next digit
@@ -108,30 +119,28 @@ def _large(c, k, mode, tkey, g, r, ef, zero):
     shift -= d
     cand_i, cand_u = dev.empty(S * nt * L.TILE, c.idt), dev.empty(S * nt * L.TILE, c.udt)
     tcnt = dev.empty(S * nt, np.int64)
-    L.collect[grid, THREADS, st](c.u, np.int64(m), np.int64(nt), c.amask, not topk, c.inf,
-                                 np.uint64(shift), np.uint64((1 << d) - 1), np.int64(k),
-                                 cand_i, cand_u, tcnt, hist, bnd, cnt, arrive, c.status)
+    _launch(dev, L.collect, grid, c.u, np.int64(m), np.int64(nt), c.amask, not topk, c.inf,
+            np.uint64(shift), np.uint64((1 << d) - 1), np.int64(k), cand_i, cand_u, tcnt,
+            hist, bnd, cnt, arrive, c.status)
     # 3. the remaining digits over the candidates (kernels of resolved segments return)
     while topk and shift > 0:
         d = min(DIGIT, shift)
         shift -= d
-        L.cand_hist[grid, THREADS, st](cand_u, tcnt, np.int64(nt), c.amask, np.uint64(shift),
-                                       np.uint64((1 << d) - 1), np.int64(k), hist, bnd, cnt,
-                                       arrive)
+        _launch(dev, L.cand_hist, grid, cand_u, tcnt, np.int64(nt), c.amask, np.uint64(shift),
+                np.uint64((1 << d) - 1), np.int64(k), hist, bnd, cnt, arrive)
     # 4. counts per tile and their scan
     acnt, bcnt = dev.empty(S * nt, np.int64), dev.empty(S * nt, np.int64)
     aoff = dev.empty(S * (nt + 1), np.int64).reshape(S, nt + 1)
     boff = dev.empty(S * (nt + 1), np.int64).reshape(S, nt + 1)
-    L.counts[grid, THREADS, st](cand_u, tcnt, np.int64(nt), c.amask, acnt, bcnt, aoff, boff,
-                                bnd, arrive, c.status)
+    _launch(dev, L.counts, grid, cand_u, tcnt, np.int64(nt), c.amask, acnt, bcnt, aoff, boff,
+            bnd, arrive, c.status)
     # 5. the ordered write; a threshold's count (read back here) sizes its output
     status = None if topk else _read_back(dev, c.status)
     size = S * k if topk else int(status[1])
     idx, vals, vbits = c.outputs(size)
     if size and (topk or not status[0]):
-        L.write[grid, THREADS, st](cand_i, cand_u, tcnt, np.int64(nt), c.amask, aoff, boff,
-                                   bnd, cnt, np.int64(k), idx, vbits, c.u, np.int64(m),
-                                   bool(zero), c.status)
+        _launch(dev, L.write, grid, cand_i, cand_u, tcnt, np.int64(nt), c.amask, aoff, boff,
+                bnd, cnt, np.int64(k), idx, vbits, c.u, np.int64(m), bool(zero), c.status)
     if topk:
         status = _read_back(dev, c.status)
     return idx, vals, status

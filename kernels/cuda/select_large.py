@@ -19,7 +19,7 @@ nothing back, and a resolved segment makes the remaining kernels return.
 5. write:      each tile's selection at its final, ordered places (zeroing
                r there for error feedback unless a NaN/Inf was met).
 """
-from numba import cuda, int32, int64, uint64
+from numba import cuda, int32, int64
 
 from .select_device import ALO, BLO, DONE, NBINS, NEED, block_scan, choose_digit, classify, take
 from .util import THREADS
