@@ -42,9 +42,10 @@ def srs_schedule(p: int):
 
 class LazySum:
     """A (P x c, padded) holds a residual E; block b becomes E_b + g_b on its
-    first use, in place: fused into the selection (kernels.ef_select: one
-    pass reads E_b and g_b, writes the sum and selects) when the block is
-    first selected, a plain add when it first receives. g holds the n
+    first use, in place: fused into the selection (kernels.ef_select_blocks:
+    one pass reads E_b and g_b, writes the sum and selects; a run of such
+    blocks in one call) when the block is first selected, a plain add when
+    it first receives. g holds the n
     unpadded values; the padding of A is left as it is."""
 
     def __init__(self, A, g):
