@@ -11,7 +11,7 @@ from mpidsgd.catalog import load_config
 from mpidsgd.comm import costmodel as cm
 from mpidsgd.comm.channel import Channel
 from mpidsgd.comm.spar_allgather import coalesce, next_h, pad_selection
-from mpidsgd.comm.spar_reduce_scatter import srs_schedule
+from mpidsgd.comm.spar_reduce_scatter import LazySum, _runs, _take, srs_schedule
 from mpidsgd.comm.spardl import SparDL
 from spardl_ref import simulate
 
@@ -30,6 +30,28 @@ def test_srs_schedule_sends_every_block_once_and_never_receives_after_sending(P)
             # blocks arriving this round from r - gap: (r + j) mod P, j < s
             assert not sent & {(r + j) % P for j in range(s)}
         assert sent == set(range(P)) - {r}
+
+
+def test_round_selection_is_batched_by_runs_and_equals_per_block():
+    # a round's blocks are consecutive mod P: one batched selection per run,
+    # split where the list wraps and where a block's gradient is already added
+    P, c, k = 6, 50, 7
+    rng = np.random.default_rng(0)
+    E, g = rng.standard_normal((P, c)), rng.standard_normal(P * c - 20)   # last block short
+    lazy = LazySum(E.copy(), g)
+    lazy.ensure(4)
+    assert _runs([3, 4, 5, 0, 1], lazy) == [(3, 1), (4, 2), (0, 2)]     # 4 added, 5 short
+    assert _runs([4, 5, 0], None) == [(4, 2), (0, 1)]
+    touched = []
+    sels = _take(lazy.A, [3, 4, 5, 0, 1], k, touched, lazy)
+    full = E.reshape(-1).copy()
+    full[:g.size] += g
+    for b, (idx, val) in zip([3, 4, 5, 0, 1], sels):
+        want = np.sort(np.argsort(-np.abs(full[b * c:(b + 1) * c]), kind="stable")[:k])
+        assert np.array_equal(idx, want) and np.array_equal(val, full[b * c + want])
+        assert np.array_equal(lazy.A[b], full[b * c:(b + 1) * c])     # summed, not zeroed
+    assert [t[0] for t in touched] == [3, 4, 5, 0, 1]
+    assert lazy.todo == [False, False, True, False, False, False]
 
 
 def test_cost_model_d1_formula_clamp_and_teams():
