@@ -121,6 +121,8 @@ def path(request, monkeypatch):
     from mpidsgd.kernels.cuda import select
     if request.param == "multi":
         monkeypatch.setattr(select, "SINGLE_MAX", 64)
+        # 10 blocks in all: the five segments of a batched call get 2 each
+        monkeypatch.setattr(select, "MAX_BLOCKS", 10)
     ran = {"_small": 0, "_large": 0}
     for name in ran:
         def spy(*a, _f=getattr(select, name), _n=name, **kw):
