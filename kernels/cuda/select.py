@@ -17,6 +17,8 @@ first pass, candidate collection, digits over the candidates, counts,
 write). threshold_select is the same kernels with the boundary fixed at the
 threshold's key; its count is the status read-back.
 """
+from collections import OrderedDict
+
 import numpy as np
 from numba import cuda
 
@@ -85,20 +87,47 @@ def _small(c, k, mode, tkey, g, r, ef, zero):
 
 # ---------------------------------------------------------------- multi block
 
-def _state(c, k, mode, tkey):
-    """Device state of every segment: bnd (blo, alo), cnt (above, need, done),
-    arrive (block counter), hist (the digit's histogram), set by a kernel."""
-    S, dev = c.S, c.dev
-    bnd = dev.empty(2 * S, np.uint64).reshape(S, 2)
-    cnt = dev.empty(3 * S, np.int64).reshape(S, 3)
-    arrive = dev.empty(S, np.int32)
-    hist = dev.empty(S * NBINS, np.int64).reshape(S, NBINS)
+class _Work:
+    """The multi-block path's temporaries for S segments of m keys."""
+
+    def __init__(self, dev, S, m, idt, udt):
+        nt = -(-m // L.TILE)
+        self.bnd = dev.empty(2 * S, np.uint64).reshape(S, 2)
+        self.cnt = dev.empty(3 * S, np.int64).reshape(S, 3)
+        self.arrive = dev.empty(S, np.int32)
+        self.hist = dev.empty(S * NBINS, np.int64).reshape(S, NBINS)
+        self.cand_i, self.cand_u = dev.empty(S * nt * L.TILE, idt), dev.empty(S * nt * L.TILE, udt)
+        self.tcnt, self.acnt, self.bcnt = (dev.empty(S * nt, np.int64) for _ in range(3))
+        self.aoff = dev.empty(S * (nt + 1), np.int64).reshape(S, nt + 1)
+        self.boff = dev.empty(S * (nt + 1), np.int64).reshape(S, nt + 1)
+
+
+_WORK = OrderedDict()       # (array kind, stream, S, m, dtype) -> _Work, most recent last
+WORK_ENTRIES = 8
+
+
+def _workspace(c):
+    """The temporaries for this call's shape, allocated once and reused: the
+    kernels of one stream run in order, and each call rewrites what it reads
+    (init sets the state, every tile's counts are written before they are
+    read), so a later call on the same stream may take them over."""
+    stream = c.dev.xp.cuda.get_current_stream().ptr if c.dev.cupy else 0
+    key = (c.dev.cupy, stream, c.S, c.m, c.dtype)
+    w = _WORK.pop(key, None) or _Work(c.dev, c.S, c.m, c.idt, c.udt)
+    _WORK[key] = w
+    while len(_WORK) > WORK_ENTRIES:
+        _WORK.popitem(last=False)
+    return w
+
+
+def _init_state(c, w, k, mode, tkey):
+    """Every segment's state, by a kernel: boundary [0, 2^nbits) and need k
+    for top-k, [key(t), key(t)) resolved for a threshold; empty histograms."""
     if mode == TOPK:
         lims = (np.uint64(0), np.uint64(1 << int(c.nbits)), np.int64(k), np.int64(0))
     else:
         lims = (np.uint64(tkey), np.uint64(tkey), np.int64(0), np.int64(1))
-    _launch(dev, L.init, blocks(S * NBINS), bnd, cnt, arrive, hist, *lims)
-    return bnd, cnt, arrive, hist
+    _launch(c.dev, L.init, blocks(c.S * NBINS), w.bnd, w.cnt, w.arrive, w.hist, *lims)
 
 
 def _large(c, k, mode, tkey, g, r, ef, zero):
@@ -106,41 +135,40 @@ def _large(c, k, mode, tkey, g, r, ef, zero):
     nt = -(-m // L.TILE)
     per_seg = -(-MAX_BLOCKS // S)               # about MAX_BLOCKS blocks in all
     grid = (min(nt, per_seg), S)
-    bnd, cnt, arrive, hist = _state(c, k, mode, tkey)
+    w = _workspace(c)
+    _init_state(c, w, k, mode, tkey)
     shift = int(c.nbits) - DIGIT
     topk = mode == TOPK
     if topk:                                    # 1. NaN check (+ sum), top digit
         _launch(dev, L.first, (min(blocks(m), per_seg), S), g, r, c.u, np.int64(m), ef,
-                c.amask, c.inf, np.uint64(shift), np.int64(k), hist, bnd, cnt, arrive, c.status)
+                c.amask, c.inf, np.uint64(shift), np.int64(k), w.hist, w.bnd, w.cnt, w.arrive,
+                c.status)
         if k == 0:
             return c.outputs(0)[:2] + (_read_back(dev, c.status),)
     # 2. candidates (key >= blo) per tile, next digit
     d = min(DIGIT, shift)
     shift -= d
-    cand_i, cand_u = dev.empty(S * nt * L.TILE, c.idt), dev.empty(S * nt * L.TILE, c.udt)
-    tcnt = dev.empty(S * nt, np.int64)
     _launch(dev, L.collect, grid, c.u, np.int64(m), np.int64(nt), c.amask, not topk, c.inf,
-            np.uint64(shift), np.uint64((1 << d) - 1), np.int64(k), cand_i, cand_u, tcnt,
-            hist, bnd, cnt, arrive, c.status)
+            np.uint64(shift), np.uint64((1 << d) - 1), np.int64(k), w.cand_i, w.cand_u, w.tcnt,
+            w.hist, w.bnd, w.cnt, w.arrive, c.status)
     # 3. the remaining digits over the candidates (kernels of resolved segments return)
     while topk and shift > 0:
         d = min(DIGIT, shift)
         shift -= d
-        _launch(dev, L.cand_hist, grid, cand_u, tcnt, np.int64(nt), c.amask, np.uint64(shift),
-                np.uint64((1 << d) - 1), np.int64(k), hist, bnd, cnt, arrive)
+        _launch(dev, L.cand_hist, grid, w.cand_u, w.tcnt, np.int64(nt), c.amask,
+                np.uint64(shift), np.uint64((1 << d) - 1), np.int64(k), w.hist, w.bnd, w.cnt,
+                w.arrive)
     # 4. counts per tile and their scan
-    acnt, bcnt = dev.empty(S * nt, np.int64), dev.empty(S * nt, np.int64)
-    aoff = dev.empty(S * (nt + 1), np.int64).reshape(S, nt + 1)
-    boff = dev.empty(S * (nt + 1), np.int64).reshape(S, nt + 1)
-    _launch(dev, L.counts, grid, cand_u, tcnt, np.int64(nt), c.amask, acnt, bcnt, aoff, boff,
-            bnd, arrive, c.status)
+    _launch(dev, L.counts, grid, w.cand_u, w.tcnt, np.int64(nt), c.amask, w.acnt, w.bcnt,
+            w.aoff, w.boff, w.bnd, w.arrive, c.status)
     # 5. the ordered write; a threshold's count (read back here) sizes its output
     status = None if topk else _read_back(dev, c.status)
     size = S * k if topk else int(status[1])
     idx, vals, vbits = c.outputs(size)
     if size and (topk or not status[0]):
-        _launch(dev, L.write, grid, cand_i, cand_u, tcnt, np.int64(nt), c.amask, aoff, boff,
-                bnd, cnt, np.int64(k), idx, vbits, c.u, np.int64(m), bool(zero), c.status)
+        _launch(dev, L.write, grid, w.cand_i, w.cand_u, w.tcnt, np.int64(nt), c.amask, w.aoff,
+                w.boff, w.bnd, w.cnt, np.int64(k), idx, vbits, c.u, np.int64(m), bool(zero),
+                c.status)
     if topk:
         status = _read_back(dev, c.status)
     return idx, vals, status
