@@ -17,6 +17,8 @@ module, so there is no import loop.
     topk_abs(x, k)                  -> (idx, vals)   k largest |x|, idx ascending
     threshold_select(x, t)          -> (idx, vals, count)   all |x| >= t
     ef_select(grad, residual, k)    -> (idx, vals)   error feedback, in place
+    topk_abs_blocks(x, nb, k), ef_select_blocks(grad, residual, nb, k)
+                                    -> (nb, k) arrays: the same on nb equal blocks at once
     scatter_add(dst, idx, val)      dst[idx] += val (duplicates add; -1 skipped)
     pack(idx, val) -> buf, unpack(buf, k, dtype) -> (idx, val), packed_nbytes
     mix(x, other, w)                x += w * (other - x), in place
@@ -27,14 +29,14 @@ module, so there is no import loop.
     set_checks(on), checks()        validate device inputs by a host read-back (debug)
 """
 from .common import IMPLS, checks, set_checks
-from .ef import ef_select
+from .ef import ef_select, ef_select_blocks
 from .mixing import mix
 from .packing import pack, packed_nbytes, unpack
 from .scatter import scatter_add
 from .spardl_merge import coalesce, merge_sum
 from .spardl_residual import densify_blocks, restore_outside
-from .topk import threshold_select, topk_abs
+from .topk import threshold_select, topk_abs, topk_abs_blocks
 
-__all__ = ["IMPLS", "checks", "coalesce", "densify_blocks", "ef_select", "merge_sum", "mix",
-           "pack", "packed_nbytes", "restore_outside", "scatter_add", "set_checks",
-           "threshold_select", "topk_abs", "unpack"]
+__all__ = ["IMPLS", "checks", "coalesce", "densify_blocks", "ef_select", "ef_select_blocks",
+           "merge_sum", "mix", "pack", "packed_nbytes", "restore_outside", "scatter_add",
+           "set_checks", "threshold_select", "topk_abs", "topk_abs_blocks", "unpack"]

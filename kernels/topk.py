@@ -1,4 +1,5 @@
-"""Selection by magnitude: `topk_abs(x, k)` and `threshold_select(x, t)`.
+"""Selection by magnitude: `topk_abs(x, k)`, `threshold_select(x, t)` and
+`topk_abs_blocks(x, n_blocks, k)` (top-k of each of n equal blocks at once).
 
 Both return indices in ascending order and the values at them, so every
 implementation's answer compares exactly. The order is that of |x| (±0 are
@@ -6,9 +7,12 @@ equal), ties go to the lower index. NaN or Inf anywhere in x is a ValueError.
 
 Implementations: "numpy" (reference: np.partition on the key), "cpu" (Numba:
 sample-estimated bound, one collecting pass, exact radix select among the
-candidates; see cpu/select.py), "cuda" (Numba CUDA radix select + stable
-compaction; see cuda/select.py).
+candidates; see cpu/select.py), "cuda" (Numba CUDA radix select whose digit
+walk stays on the device, + stable compaction; see cuda/select.py). The
+batched form is a loop over blocks on the host and one launch on the device.
 """
+import numbers
+
 import numpy as np
 
 from . import common as D
@@ -39,6 +43,22 @@ def topk_abs_numpy(x, k):
     return idx, x[idx]
 
 
+def blocks_of(x, n_blocks):
+    """Rows of the (n_blocks, m) view of x (a copy only if x is strided)."""
+    return np.ascontiguousarray(x).reshape(n_blocks, -1)
+
+
+def stack_rows(results):
+    """(idx, vals) of per-block results as (n_blocks, k) arrays."""
+    return np.stack([r[0] for r in results]), np.stack([r[1] for r in results])
+
+
+def topk_abs_blocks_numpy(x, n_blocks, k):
+    """Reference: topk_abs_numpy on each block."""
+    rows = blocks_of(x, n_blocks)
+    return stack_rows([topk_abs_numpy(row, k) for row in rows])
+
+
 def threshold_select_numpy(x, t):
     """Reference: every |x| >= t, t rounded to x's dtype."""
     D.threshold_key(t, x.dtype)                 # validates t
@@ -64,12 +84,24 @@ def _topk_cuda(x, k):
     return select.topk_abs(x, k)
 
 
+def _topk_blocks_cpu(x, n_blocks, k):
+    rows = blocks_of(x, n_blocks)
+    return stack_rows([select_topk(row, k) for row in rows])
+
+
+def _topk_blocks_cuda(x, n_blocks, k):
+    from .cuda import select
+    return select.topk_abs_blocks(x, n_blocks, k)
+
+
 def _threshold_cuda(x, t):
     from .cuda import select
     return select.threshold_select(x, D.threshold_key(t, x.dtype))
 
 
 _TOPK = {"numpy": topk_abs_numpy, "cpu": _topk_cpu, "cuda": _topk_cuda}
+_TOPK_BLOCKS = {"numpy": topk_abs_blocks_numpy, "cpu": _topk_blocks_cpu,
+                "cuda": _topk_blocks_cuda}
 _THRESHOLD = {"numpy": threshold_select_numpy, "cpu": _threshold_cpu, "cuda": _threshold_cuda}
 
 
@@ -87,6 +119,31 @@ def topk_abs(x, k, *, impl=None):
     D.check_vector("x", x)
     k = D.check_k(k, x.size)
     return D.dispatch(_TOPK, impl, x)(x, k)
+
+
+def check_blocks(n_blocks, n):
+    """n_blocks >= 1 divides n; returns (n_blocks, block length) as ints."""
+    if isinstance(n_blocks, (bool, np.bool_)) or not isinstance(n_blocks, numbers.Integral):
+        raise TypeError(f"n_blocks must be an integer, got {type(n_blocks).__name__}")
+    n_blocks = int(n_blocks)
+    if n_blocks < 1 or n % n_blocks:
+        raise ValueError(f"n_blocks must be >= 1 and divide the length {n}, got {n_blocks}")
+    return n_blocks, n // n_blocks
+
+
+def topk_abs_blocks(x, n_blocks, k, *, impl=None):
+    """topk_abs of each of the n_blocks equal, consecutive blocks of x.
+
+    x: 1-D float32/float64 whose length m * n_blocks; 0 <= k <= m.
+    Returns (idx, vals) of shape (n_blocks, k): row b is topk_abs(x[b*m:(b+1)*m], k),
+    indices local to the block (int32 when m < 2**31), ascending, the same
+    tie rule. One launch for all blocks on the GPU. Raises ValueError if x
+    holds NaN or Inf.
+    """
+    D.check_vector("x", x)
+    n_blocks, m = check_blocks(n_blocks, x.size)
+    k = D.check_k(k, m)
+    return D.dispatch(_TOPK_BLOCKS, impl, x)(x, n_blocks, k)
 
 
 def threshold_select(x, t, *, impl=None):

@@ -1,254 +1,219 @@
-"""Numba CUDA selection by magnitude: topk_abs, threshold_select, ef_select.
+"""Numba CUDA selection by magnitude: topk_abs, threshold_select, ef_select and
+their batched forms over equal-size blocks (topk_abs_blocks, ef_select_blocks).
 
-Keys are the float bits with the sign cleared (ordered like |x|), read through
-an unsigned view of the data. Top-k in two phases:
+Keys are the float bits with the sign cleared (ordered like |x|), read
+through an unsigned view of the data. Top-k is an MSD radix select with
+11-bit digits whose histogram walk stays on the device: a kernel picks each
+digit and keeps the state (boundary, counts) in device memory, so a call
+launches a fixed sequence of kernels and reads back one small status array
+(NaN/Inf flag, count) at the end: the only host read-back before the
+results. The selection comes out in index order, ties to the lower index.
 
-1. radix select, most significant 11-bit digit first: each pass histograms the
-   digit of the keys that share the prefix chosen so far (shared-memory
-   histogram per block, merged with atomics), the host walks the 2048 bins
-   down to the bin holding the k-th key. It stops when every key of that bin
-   is selected. Result: keys >= above_lo are in, keys in [bnd_lo, above_lo)
-   (the boundary; one value when fully resolved) are in for the first `need`
-   of them by index. The first pass also flags NaN/Inf; ef_select's first
-   pass computes residual = grad + residual on the way.
-2. stable compaction in tiles: count per tile, exclusive scan over tiles,
-   then each tile writes its selected (index, bits) at
-       pos(i) = #above before i + min(#boundary before i, need),
-   so indices come out ascending and ties go to the lower index. ef_select
-   zeroes the selected residual entries in the same kernel.
-threshold_select is phase 2 alone with above_lo = bnd_lo = key(t).
+A call selects in S segments of m keys at once (S = 1 for the plain ops,
+the number of blocks for the batched ones). Segments of up to SINGLE_MAX
+keys take the single-block path (select_small.py: one launch, one CUDA
+block per segment); longer ones the multi-block path (select_large.py:
+first pass, candidate collection, digits over the candidates, counts,
+write). threshold_select is the same kernels with the boundary fixed at the
+threshold's key; its count is the status read-back.
 """
-import numpy as np
-from numba import cuda, int32, int64
+from collections import OrderedDict
 
-from .util import THREADS, Device, blocks
+import numpy as np
+from numba import cuda
+
+from . import select_large as L
+from .select_device import DIGIT, NBINS
+from .select_small import THRESH, TOPK, small_select
+from .util import MAX_BLOCKS, THREADS, Device, blocks, is_cupy
 from ..common import UINT, abs_mask, index_dtype, inf_key, non_finite_error
 
-DIGIT = 11
-NBINS = 1 << DIGIT
-ITEMS = 8                        # consecutive elements per thread in a tile
-TILE = THREADS * ITEMS
+# segments of up to this many keys are selected by one CUDA block each
+SINGLE_MAX = 1 << 16
 
 
-# ---------------------------------------------------------------- kernels
+class _Call:
+    """The arrays and constants of one select call on S segments of m keys."""
 
-@cuda.jit(cache=True)
-def _hist(u, amask, shift, pshift, prefix, dmask, inf, hist, flag):
-    # hist[d] += #{i : key_i >> pshift == prefix and (key_i >> shift) & dmask == d}
-    # (dmask = 2^digit - 1: the last digit is narrower than DIGIT bits, and
-    # the prefix's low bits must not leak into its bin number)
-    sh = cuda.shared.array(NBINS, int32)
-    t = cuda.threadIdx.x
-    for b in range(t, NBINS, cuda.blockDim.x):
-        sh[b] = 0
-    cuda.syncthreads()
-    for i in range(cuda.grid(1), u.size, cuda.gridsize(1)):
-        kk = u[i] & amask
-        if kk >= inf:
-            flag[0] = 1
-        if (kk >> pshift) == prefix:
-            cuda.atomic.add(sh, (kk >> shift) & dmask, 1)
-    cuda.syncthreads()
-    for b in range(t, NBINS, cuda.blockDim.x):
-        if sh[b] != 0:
-            cuda.atomic.add(hist, b, sh[b])
+    def __init__(self, dev, u, dtype, S, m):
+        self.dev, self.u, self.dtype, self.S, self.m = dev, u, np.dtype(dtype), S, m
+        self.udt = UINT[self.dtype]
+        self.nbits = np.uint64(8 * self.dtype.itemsize - 1)
+        self.amask = np.uint64(abs_mask(dtype))
+        self.inf = np.uint64(inf_key(dtype))
+        self.idt = index_dtype(m)
+        self.status = dev.zeros(2, np.int64)        # [NaN/Inf seen, count]
+
+    def outputs(self, size):
+        """Device arrays for `size` results: (idx, vals, vals' bits view)."""
+        idx = self.dev.empty(max(size, 1), self.idt)[:size]
+        vals = self.dev.empty(max(size, 1), self.dtype)
+        return idx, vals[:size], vals.view(self.udt)
 
 
-@cuda.jit(cache=True)
-def _ef_hist(g, r, ru, amask, shift, inf, hist, flag):
-    # residual = grad + residual, then the top-digit histogram of the new keys
-    sh = cuda.shared.array(NBINS, int32)
-    t = cuda.threadIdx.x
-    for b in range(t, NBINS, cuda.blockDim.x):
-        sh[b] = 0
-    cuda.syncthreads()
-    for i in range(cuda.grid(1), r.size, cuda.gridsize(1)):
-        r[i] = g[i] + r[i]
-        kk = ru[i] & amask
-        if kk >= inf:
-            flag[0] = 1
-        cuda.atomic.add(sh, (kk >> shift) & (NBINS - 1), 1)
-    cuda.syncthreads()
-    for b in range(t, NBINS, cuda.blockDim.x):
-        if sh[b] != 0:
-            cuda.atomic.add(hist, b, sh[b])
+def _read_back(dev, d):
+    """The host copy of a small device array (status): the one read-back."""
+    return dev.host(d)
 
 
-@cuda.jit(device=True)
-def _classify(kk, above_lo, bnd_lo):
-    # (is above, is boundary)
-    return kk >= above_lo, kk < above_lo and kk >= bnd_lo
+def _dummy(dev, dtype):
+    return dev.empty(1, dtype)
 
 
-@cuda.jit(cache=True)
-def _tile_counts(u, amask, above_lo, bnd_lo, inf, acnt, bcnt, flag):
-    # per tile (acnt, bcnt zeroed): #keys >= above_lo, #keys in [bnd_lo, above_lo)
-    base = cuda.blockIdx.x * TILE + cuda.threadIdx.x * ITEMS
-    ca = 0
-    cb = 0
-    for i in range(base, min(base + ITEMS, u.size)):
-        kk = u[i] & amask
-        if kk >= inf:
-            flag[0] = 1
-        a, b = _classify(kk, above_lo, bnd_lo)
-        ca += a
-        cb += b
-    if ca:
-        cuda.atomic.add(acnt, cuda.blockIdx.x, ca)
-    if cb:
-        cuda.atomic.add(bcnt, cuda.blockIdx.x, cb)
+def _launch(dev, kernel, grid, *args):
+    """kernel[grid, THREADS] on the call's stream. CuPy arrays go in as Numba
+    views made without the stream synchronisation Numba does when it imports
+    an array that names a stream: the launch is on that stream, so it is
+    ordered after the array's producers anyway, and a sync per argument would
+    make the host wait for the device at every launch."""
+    if dev.cupy:
+        args = [cuda.from_cuda_array_interface(a.__cuda_array_interface__, owner=a, sync=False)
+                if is_cupy(a) else a for a in args]
+    kernel[grid, THREADS, dev.stream](*args)
 
 
-@cuda.jit(device=True)
-def _block_scan(sha, a, shb, b):
-    # inclusive prefix sums of a and of b over the block (Hillis-Steele in
-    # shared memory, both at once: half the barriers)
-    t = cuda.threadIdx.x
-    sha[t] = a
-    shb[t] = b
-    cuda.syncthreads()
-    d = 1
-    while d < cuda.blockDim.x:
-        wa = sha[t - d] if t >= d else 0
-        wb = shb[t - d] if t >= d else 0
-        cuda.syncthreads()
-        sha[t] += wa
-        shb[t] += wb
-        cuda.syncthreads()
-        d *= 2
-    return sha[t], shb[t]
+# ---------------------------------------------------------------- single block
+
+def _small(c, k, mode, tkey, g, r, ef, zero):
+    cap = c.S * k if mode == TOPK else c.m
+    idx, vals, vbits = c.outputs(cap)
+    _launch(c.dev, small_select, c.S, g, r, c.u, np.int64(c.m), ef, np.int64(mode), np.int64(k),
+            np.uint64(tkey), c.nbits, c.amask, c.inf, idx, vbits, bool(zero), c.status)
+    status = _read_back(c.dev, c.status)
+    if mode == THRESH:
+        idx, vals = idx[:int(status[1])], vals[:int(status[1])]
+    return idx, vals, status
 
 
-@cuda.jit(cache=True)
-def _scan(cnt, off):
-    # one block: off[i] = sum(cnt[:i]) for i <= cnt.size (off[-1] = total)
-    sha = cuda.shared.array(THREADS, int64)
-    shb = cuda.shared.array(THREADS, int64)
-    t = cuda.threadIdx.x
-    m = cnt.size
-    seg = (m + THREADS - 1) // THREADS
-    lo = min(m, t * seg)
-    hi = min(m, lo + seg)
-    s = 0
-    for i in range(lo, hi):
-        s += cnt[i]
-    run = _block_scan(sha, s, shb, 0)[0] - s
-    for i in range(lo, hi):
-        off[i] = run
-        run += cnt[i]
-    if t == THREADS - 1:
-        off[m] = run
+# ---------------------------------------------------------------- multi block
+
+class _Work:
+    """The multi-block path's temporaries for S segments of m keys."""
+
+    def __init__(self, dev, S, m, idt, udt):
+        nt = -(-m // L.TILE)
+        self.bnd = dev.empty(2 * S, np.uint64).reshape(S, 2)
+        self.cnt = dev.empty(3 * S, np.int64).reshape(S, 3)
+        self.arrive = dev.empty(S, np.int32)
+        self.hist = dev.empty(S * NBINS, np.int64).reshape(S, NBINS)
+        self.cand_i, self.cand_u = dev.empty(S * nt * L.TILE, idt), dev.empty(S * nt * L.TILE, udt)
+        self.tcnt, self.acnt, self.bcnt = (dev.empty(S * nt, np.int64) for _ in range(3))
+        self.aoff = dev.empty(S * (nt + 1), np.int64).reshape(S, nt + 1)
+        self.boff = dev.empty(S * (nt + 1), np.int64).reshape(S, nt + 1)
 
 
-@cuda.jit(cache=True)
-def _tile_write(u, amask, above_lo, bnd_lo, need, aoff, boff, out_idx, out_u, zero):
-    # write this tile's selected (index, bits) at their final, ordered places
-    sha = cuda.shared.array(THREADS, int64)
-    shb = cuda.shared.array(THREADS, int64)
-    t = cuda.threadIdx.x
-    base = cuda.blockIdx.x * TILE + t * ITEMS
-    hi = min(base + ITEMS, u.size)
-    ca = 0
-    cb = 0
-    for i in range(base, hi):
-        a, b = _classify(u[i] & amask, above_lo, bnd_lo)
-        ca += a
-        cb += b
-    sa, sb = _block_scan(sha, ca, shb, cb)
-    A = aoff[cuda.blockIdx.x] + sa - ca     # above before my items
-    B = boff[cuda.blockIdx.x] + sb - cb     # boundary before them
-    for i in range(base, hi):
-        bits = u[i]
-        a, b = _classify(bits & amask, above_lo, bnd_lo)
-        if a or (b and B < need):
-            pos = A + min(B, need)
-            out_idx[pos] = i
-            out_u[pos] = bits
-            if zero:
-                u[i] = 0
-        A += a
-        B += b
+_WORK = OrderedDict()       # (array kind, stream, S, m, dtype) -> _Work, most recent last
+WORK_ENTRIES = 8
 
 
-# ---------------------------------------------------------------- host side
+def _workspace(c):
+    """The temporaries for this call's shape, allocated once and reused: the
+    kernels of one stream run in order, and each call rewrites what it reads
+    (init sets the state, every tile's counts are written before they are
+    read), so a later call on the same stream may take them over."""
+    stream = c.dev.xp.cuda.get_current_stream().ptr if c.dev.cupy else 0
+    key = (c.dev.cupy, stream, c.S, c.m, c.dtype)
+    w = _WORK.pop(key, None) or _Work(c.dev, c.S, c.m, c.idt, c.udt)
+    _WORK[key] = w
+    while len(_WORK) > WORK_ENTRIES:
+        _WORK.popitem(last=False)
+    return w
+
+
+def _init_state(c, w, k, mode, tkey):
+    """Every segment's state, by a kernel: boundary [0, 2^nbits) and need k
+    for top-k, [key(t), key(t)) resolved for a threshold; empty histograms."""
+    if mode == TOPK:
+        lims = (np.uint64(0), np.uint64(1 << int(c.nbits)), np.int64(k), np.int64(0))
+    else:
+        lims = (np.uint64(tkey), np.uint64(tkey), np.int64(0), np.int64(1))
+    _launch(c.dev, L.init, blocks(c.S * NBINS), w.bnd, w.cnt, w.arrive, w.hist, *lims)
+
+
+def _large(c, k, mode, tkey, g, r, ef, zero):
+    dev, S, m = c.dev, c.S, c.m
+    nt = -(-m // L.TILE)
+    per_seg = -(-MAX_BLOCKS // S)               # about MAX_BLOCKS blocks in all
+    grid = (min(nt, per_seg), S)
+    w = _workspace(c)
+    _init_state(c, w, k, mode, tkey)
+    shift = int(c.nbits) - DIGIT
+    topk = mode == TOPK
+    if topk:                                    # 1. NaN check (+ sum), top digit
+        _launch(dev, L.first, (min(blocks(m), per_seg), S), g, r, c.u, np.int64(m), ef,
+                c.amask, c.inf, np.uint64(shift), np.int64(k), w.hist, w.bnd, w.cnt, w.arrive,
+                c.status)
+        if k == 0:
+            return c.outputs(0)[:2] + (_read_back(dev, c.status),)
+    # 2. candidates (key >= blo) per tile, next digit
+    d = min(DIGIT, shift)
+    shift -= d
+    _launch(dev, L.collect, grid, c.u, np.int64(m), np.int64(nt), c.amask, not topk, c.inf,
+            np.uint64(shift), np.uint64((1 << d) - 1), np.int64(k), w.cand_i, w.cand_u, w.tcnt,
+            w.hist, w.bnd, w.cnt, w.arrive, c.status)
+    # 3. the remaining digits over the candidates (kernels of resolved segments return)
+    while topk and shift > 0:
+        d = min(DIGIT, shift)
+        shift -= d
+        _launch(dev, L.cand_hist, grid, w.cand_u, w.tcnt, np.int64(nt), c.amask,
+                np.uint64(shift), np.uint64((1 << d) - 1), np.int64(k), w.hist, w.bnd, w.cnt,
+                w.arrive)
+    # 4. counts per tile and their scan
+    _launch(dev, L.counts, grid, w.cand_u, w.tcnt, np.int64(nt), c.amask, w.acnt, w.bcnt,
+            w.aoff, w.boff, w.bnd, w.arrive, c.status)
+    # 5. the ordered write; a threshold's count (read back here) sizes its output
+    status = None if topk else _read_back(dev, c.status)
+    size = S * k if topk else int(status[1])
+    idx, vals, vbits = c.outputs(size)
+    if size and (topk or not status[0]):
+        _launch(dev, L.write, grid, w.cand_i, w.cand_u, w.tcnt, np.int64(nt), c.amask, w.aoff,
+                w.boff, w.bnd, w.cnt, np.int64(k), idx, vbits, c.u, np.int64(m), bool(zero),
+                c.status)
+    if topk:
+        status = _read_back(dev, c.status)
+    return idx, vals, status
+
+
+# ---------------------------------------------------------------- entry points
+
+def _select(dev, u, dtype, S, m, k, mode=TOPK, tkey=0, g=None, r=None, zero=False):
+    """(idx, vals, status) of a select over S segments of m keys u (ef: u is
+    r's key view and g the gradient). The status is read back once."""
+    c = _Call(dev, u, dtype, S, m)
+    ef = g is not None
+    if not ef:
+        g = r = _dummy(dev, dtype)
+    run = _small if m <= SINGLE_MAX else _large
+    return run(c, k, mode, tkey, g, r, ef, zero)
+
 
 def _keys_view(d, dtype):
     return d.view(UINT[np.dtype(dtype)])
 
 
-def _radix_bound(dev, u, dtype, k, flag, hist0=None):
-    """(above_lo, bnd_lo, need) for the k-th largest key of u (k >= 1).
-    hist0: the top-digit histogram when the caller already made it."""
-    ut = np.uint64
-    nbits = 8 * dtype.itemsize - 1
-    amask, inf = ut(abs_mask(dtype)), ut(inf_key(dtype))
-    prefix, shift, above = 0, nbits, 0
-    while shift > 0:
-        d = min(DIGIT, shift)
-        shift -= d
-        if hist0 is not None:
-            h, hist0 = hist0, None
-        else:
-            hd = dev.zeros(NBINS, np.int64)
-            _hist[blocks(u.size), THREADS, dev.stream](
-                u, amask, ut(shift), ut(shift + d), ut(prefix), ut((1 << d) - 1), inf, hd, flag)
-            h = dev.host(hd)
-        b = (1 << d) - 1                    # walk down to the bin of the k-th
-        while above + h[b] < k:
-            above += int(h[b])
-            b -= 1
-        prefix = (prefix << d) | b
-        if above + h[b] == k:               # the whole bin is in: done
-            break
-    return (prefix + 1) << shift, prefix << shift, k - above
+def _empty_result(dev, n, dtype, shape=0):
+    return dev.result(dev.empty(shape, index_dtype(n))), dev.result(dev.empty(shape, dtype))
 
 
-def _compact(dev, u, dtype, above_lo, bnd_lo, need, count, zero=False):
-    """(idx, vals) of the selected keys, in index order (see module doc)."""
-    n = u.size
-    ut = np.uint64
-    amask, inf = ut(abs_mask(dtype)), ut(inf_key(dtype))
-    nt = -(-n // TILE)
-    flag = dev.zeros(1, np.int32)
-    acnt, bcnt = dev.zeros(nt, np.int64), dev.zeros(nt, np.int64)
-    aoff, boff = dev.empty(nt + 1, np.int64), dev.empty(nt + 1, np.int64)
-    _tile_counts[nt, THREADS, dev.stream](u, amask, ut(above_lo), ut(bnd_lo), inf,
-                                          acnt, bcnt, flag)
-    _scan[1, THREADS, dev.stream](acnt, aoff)
-    _scan[1, THREADS, dev.stream](bcnt, boff)
-    if count is None:                       # threshold: the count is data
-        if dev.host(flag)[0]:
-            raise non_finite_error("input")
-        count = int(dev.host(aoff[nt:])[0])
-    idx = dev.empty(count, index_dtype(n))
-    vals = dev.empty(count, dtype)
-    if count:
-        _tile_write[nt, THREADS, dev.stream](u, amask, ut(above_lo), ut(bnd_lo), need,
-                                             aoff, boff, idx, _keys_view(vals, dtype), zero)
-    return idx, vals
-
-
-def _empty_result(dev, n, dtype):
-    return dev.result(dev.empty(0, index_dtype(n))), dev.result(dev.empty(0, dtype))
+def _topk(x, S, k):
+    dev = Device(x)
+    dtype = np.dtype(x.dtype)
+    m = x.size // S
+    if m == 0:
+        return _empty_result(dev, m, dtype, (S, 0))
+    idx, vals, status = _select(dev, _keys_view(dev.put(x), dtype), dtype, S, m, k)
+    if status[0]:
+        raise non_finite_error("input")
+    return dev.result(idx).reshape(S, k), dev.result(vals).reshape(S, k)
 
 
 def topk_abs(x, k):
-    dev = Device(x)
-    dtype = np.dtype(x.dtype)
-    if x.size == 0:
-        return _empty_result(dev, 0, dtype)
-    u = _keys_view(dev.put(x), dtype)
-    flag = dev.zeros(1, np.int32)
-    if k == 0:                              # one histogram pass: the NaN check
-        _radix_bound(dev, u, dtype, 1, flag)
-        if dev.host(flag)[0]:
-            raise non_finite_error("input")
-        return _empty_result(dev, x.size, dtype)
-    above_lo, bnd_lo, need = _radix_bound(dev, u, dtype, k, flag)
-    if dev.host(flag)[0]:
-        raise non_finite_error("input")
-    idx, vals = _compact(dev, u, dtype, above_lo, bnd_lo, need, k)
-    return dev.result(idx), dev.result(vals)
+    idx, vals = _topk(x, 1, k)
+    return idx.reshape(-1), vals.reshape(-1)
+
+
+def topk_abs_blocks(x, n_blocks, k):
+    return _topk(x, n_blocks, k)
 
 
 def threshold_select(x, tkey):
@@ -257,32 +222,31 @@ def threshold_select(x, tkey):
     if x.size == 0:
         return _empty_result(dev, 0, dtype) + (0,)
     u = _keys_view(dev.put(x), dtype)
-    idx, vals = _compact(dev, u, dtype, int(tkey), int(tkey), 0, None)
-    return dev.result(idx), dev.result(vals), int(idx.size)
+    idx, vals, status = _select(dev, u, dtype, 1, x.size, 0, THRESH, int(tkey))
+    if status[0]:
+        raise non_finite_error("input")
+    return dev.result(idx), dev.result(vals), int(status[1])
+
+
+def _ef(grad, residual, S, k, zero):
+    dev = Device(grad, residual)
+    dtype = np.dtype(residual.dtype)
+    m = residual.size // S
+    if m == 0:
+        return _empty_result(dev, m, dtype, (S, 0))
+    g, r = dev.put(grad), dev.put(residual)
+    idx, vals, status = _select(dev, _keys_view(r, dtype), dtype, S, m, k, g=g, r=r,
+                                zero=zero)
+    dev.write_back(r, residual)
+    if status[0]:
+        raise non_finite_error("grad + residual")
+    return dev.result(idx).reshape(S, k), dev.result(vals).reshape(S, k)
 
 
 def ef_select(grad, residual, k, zero=True):
-    dev = Device(grad, residual)
-    dtype = np.dtype(residual.dtype)
-    n = residual.size
-    if n == 0:
-        return _empty_result(dev, 0, dtype)
-    g, r = dev.put(grad), dev.put(residual)
-    ru = _keys_view(r, dtype)
-    ut = np.uint64
-    nbits = 8 * dtype.itemsize - 1
-    flag = dev.zeros(1, np.int32)
-    hd = dev.zeros(NBINS, np.int64)
-    _ef_hist[blocks(n), THREADS, dev.stream](g, r, ru, ut(abs_mask(dtype)), ut(nbits - DIGIT),
-                                            ut(inf_key(dtype)), hd, flag)
-    h = dev.host(hd)
-    if dev.host(flag)[0]:
-        dev.write_back(r, residual)
-        raise non_finite_error("grad + residual")
-    if k == 0:
-        dev.write_back(r, residual)
-        return _empty_result(dev, n, dtype)
-    above_lo, bnd_lo, need = _radix_bound(dev, ru, dtype, k, flag, hist0=h)
-    idx, vals = _compact(dev, ru, dtype, above_lo, bnd_lo, need, k, zero=zero)
-    dev.write_back(r, residual)
-    return dev.result(idx), dev.result(vals)
+    idx, vals = _ef(grad, residual, 1, k, zero)
+    return idx.reshape(-1), vals.reshape(-1)
+
+
+def ef_select_blocks(grad, residual, n_blocks, k, zero=True):
+    return _ef(grad, residual, n_blocks, k, zero)

@@ -5,7 +5,7 @@ the same run times one read pass over x (x.max(); a device reduction on GPU)
 and a copy, so each time is also given in passes over memory:
 
     passes  = ms / (one read pass over the n-element input)
-    GB/s    = useful bytes / time (topk_abs, threshold_select: n*s; ef_select:
+    GB/s    = useful bytes / time (topk_abs, topk_abs_blocks, threshold_select: n*s; ef_select:
               3n*s (read grad, residual; write residual); mix: 3n*s;
               scatter_add: k*(4 + 3s); pack/unpack: 2k*(4 + s); s = value size)
     speedup = baseline ms / ms
@@ -13,6 +13,9 @@ Baselines (CPU): np.argpartition(np.abs(x), n-k) for top-k, the plain NumPy
 composition for ef_select, threshold_select and mix, np.add.at for
 scatter_add, the NumPy reference for pack/unpack. GPU: cupy.argpartition and a
 full cupy.argsort for top-k, CuPy compositions, cupyx.scatter_add.
+topk_abs_blocks selects k/B in each of B = --blocks equal blocks of x (a
+SparDL step's blocks) in one call; its baseline is argpartition along the
+rows of the (B, n/B) view.
 Each figure is the median of --reps runs after one warm-up; in-place
 operations get fresh inputs (untimed) before each run. The Numba kernels run
 with each thread count of --threads (numba.set_num_threads); NumPy baselines
@@ -40,6 +43,8 @@ def register(sub):
     p.add_argument("--threads", type=ints, default=None,
                    help="Numba thread counts, comma-separated (default 1 and all)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--blocks", type=int, default=8,
+                   help="blocks of the batched top-k row, topk_abs_blocks (default 8)")
     p.add_argument("--reps", type=int, default=9, help="timed runs per figure (median)")
     p.add_argument("--json", metavar="FILE", help="write the records, one JSON object a line")
     p.set_defaults(func=run)
@@ -117,13 +122,16 @@ def _numpy_ef(g, r, k):
     return idx, vals
 
 
-def _cases(K, xp, impl, x, res, idx, val, t, k, s, n):
+def _cases(K, xp, impl, x, res, idx, val, t, k, s, n, nb):
     """(op, fn, setup, useful bytes) of our kernels; fn closes over scratch."""
     g, r = x, xp.empty_like(res)
     d = xp.zeros(n, x.dtype)
     buf = K.pack(idx, val, impl=impl)
+    kb = max(1, k // nb)                  # per block
+    blocks = [("topk_abs_blocks", lambda: K.topk_abs_blocks(x, nb, kb, impl=impl), None,
+               n * s)] if n % nb == 0 else []
     return [
-        ("topk_abs", lambda: K.topk_abs(x, k, impl=impl), None, n * s),
+        ("topk_abs", lambda: K.topk_abs(x, k, impl=impl), None, n * s)] + blocks + [
         ("threshold_select", lambda: K.threshold_select(x, t, impl=impl), None, n * s),
         ("ef_select", lambda: K.ef_select(g, r, k, impl=impl), lambda: r.__setitem__(
             Ellipsis, res), 3 * n * s),
@@ -134,13 +142,20 @@ def _cases(K, xp, impl, x, res, idx, val, t, k, s, n):
     ]
 
 
-def _cpu_baselines(K, x, res, idx, val, t, k, n):
+def _rows_argpartition(xp, x, k, nb):
+    # top-k/nb of each row of the (nb, n/nb) view, along the rows
+    rows = xp.abs(x.reshape(nb, -1))
+    return xp.argpartition(rows, rows.shape[1] - max(1, k // nb), axis=1)
+
+
+def _cpu_baselines(K, x, res, idx, val, t, k, n, nb):
     from mpidsgd.kernels import packing
     r, d, o = np.empty_like(res), np.zeros(n, x.dtype), x.copy()
     buf = packing.pack_numpy(idx, val)
     keep = lambda: r.__setitem__(Ellipsis, res)       # noqa: E731
     return {
         "topk_abs": [("np.argpartition", lambda: np.argpartition(np.abs(x), n - k), None)],
+        "topk_abs_blocks": [("np.argpartition", lambda: _rows_argpartition(np, x, k, nb), None)],
         "threshold_select": [("numpy", lambda: x[np.flatnonzero(np.abs(x) >= t)], None)],
         "ef_select": [("numpy", lambda: _numpy_ef(x, r, k), keep)],
         "scatter_add": [("np.add.at", lambda: np.add.at(d, idx, val), None)],
@@ -150,7 +165,7 @@ def _cpu_baselines(K, x, res, idx, val, t, k, n):
     }
 
 
-def _gpu_baselines(cp, x, res, idx, val, t, k, n):
+def _gpu_baselines(cp, x, res, idx, val, t, k, n, nb):
     import cupyx
     r, d, o = cp.empty_like(res), cp.zeros(n, x.dtype), x.copy()
     keep = lambda: r.__setitem__(Ellipsis, res)       # noqa: E731
@@ -165,6 +180,8 @@ def _gpu_baselines(cp, x, res, idx, val, t, k, n):
     return {
         "topk_abs": [("cupy.argpartition", lambda: cp.argpartition(cp.abs(x), n - k), None),
                      ("cupy.argsort", lambda: cp.argsort(cp.abs(x)), None)],
+        "topk_abs_blocks": [("cupy.argpartition", lambda: _rows_argpartition(cp, x, k, nb),
+                             None)],
         "threshold_select": [("cupy", lambda: x[cp.flatnonzero(cp.abs(x) >= t)], None)],
         "ef_select": [("cupy", ef, keep)],
         "scatter_add": [("cupyx.scatter_add", lambda: cupyx.scatter_add(d, idx, val), None)],
@@ -185,11 +202,12 @@ def _bench_size(K, table, xp, device, n, args, threads, sync):
     copy = median_ms(lambda: xp.copyto(y, x), args.reps, sync=sync)
     table.add("copy", "copyto", one, n, k, copy, read, 2 * n * s, None)
     impl = "cpu" if device == "cpu" else "cuda"
-    cases = _cases(K, xp, impl, x, res, idx, val, t, k, s, n)
+    nb = max(1, args.blocks)
+    cases = _cases(K, xp, impl, x, res, idx, val, t, k, s, n, nb)
     if device == "cpu":
-        bases = _cpu_baselines(K, x, res, idx, val, t, k, n)
+        bases = _cpu_baselines(K, x, res, idx, val, t, k, n, nb)
     else:
-        bases = _gpu_baselines(xp, x, res, idx, val, t, k, n)
+        bases = _gpu_baselines(xp, x, res, idx, val, t, k, n, nb)
     base_ms = {}
     for op, fn, setup, nbytes in cases:       # baselines: once per size
         for name, bfn, bsetup in bases.get(op, []):

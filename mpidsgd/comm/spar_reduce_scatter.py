@@ -9,6 +9,8 @@ been summed into it:
     R = ceil(log2 P); round i: gap_i = 2^(R-1-i),
         s_0 = P - 2^(R-1), s_i = 2^(R-1-i) for i >= 1
     for j < s_i: b = (r + gap_i + j) mod P; idx = topk_abs(A[b], k_b)
+                 (the s_i blocks of a round in one batched selection,
+                 kernels.topk_abs_blocks: one launch on the GPU)
                  send (idx, A[b][idx]); A[b][idx] = 0
     ONE packed message of s_i * k_b entries to (r + gap_i) mod P;
     receive s_i * k_b from (r - gap_i) mod P: its j-th block is block
@@ -25,7 +27,7 @@ is logged so that the caller zeroes it where it stays on the final support
 from __future__ import annotations
 
 from ..backend import StagedMessage, array_module
-from ..kernels import ef_select, scatter_add, topk_abs, unpack
+from ..kernels import ef_select_blocks, scatter_add, topk_abs_blocks, unpack
 from .costmodel import log2ceil
 
 TAG_SRS = 0x5B2
@@ -40,9 +42,10 @@ def srs_schedule(p: int):
 
 class LazySum:
     """A (P x c, padded) holds a residual E; block b becomes E_b + g_b on its
-    first use, in place: fused into the selection (kernels.ef_select: one
-    pass reads E_b and g_b, writes the sum and selects) when the block is
-    first selected, a plain add when it first receives. g holds the n
+    first use, in place: fused into the selection (kernels.ef_select_blocks:
+    one pass reads E_b and g_b, writes the sum and selects; a run of such
+    blocks in one call) when the block is first selected, a plain add when
+    it first receives. g holds the n
     unpadded values; the padding of A is left as it is."""
 
     def __init__(self, A, g):
@@ -62,40 +65,68 @@ class LazySum:
                 xp = array_module(self.A)
                 xp.add(self.A[b][:m], self.g[lo:lo + m], out=self.A[b][:m])
 
-    def take(self, b, k):
-        """Top-k of block b (summed first if it was not); A[b] is left
-        holding the values selected from. Returns (idx, val)."""
-        if self.todo[b] and self._width(b) == self.c:
-            self.todo[b] = False
-            lo = b * self.c
-            return ef_select(self.g[lo:lo + self.c], self.A[b], k, zero=False)
-        self.ensure(b)
-        return topk_abs(self.A[b], k)
+    def fusable(self, b):
+        """Block b is still E_b and full width: its sum can be fused into ef_select."""
+        return self.todo[b] and self._width(b) == self.c
+
+    def take_run(self, b0, s, k):
+        """Top-k of the s consecutive blocks b0.. (all fusable, or summed first
+        if not); A keeps the values selected from. Returns (idx, val), (s, k)."""
+        rows = self.A[b0:b0 + s].reshape(-1)
+        if all(self.fusable(b) for b in range(b0, b0 + s)):
+            for b in range(b0, b0 + s):
+                self.todo[b] = False
+            g = self.g[b0 * self.c:(b0 + s) * self.c]
+            return ef_select_blocks(g, rows, s, k, zero=False)
+        for b in range(b0, b0 + s):
+            self.ensure(b)
+        return topk_abs_blocks(rows, s, k)
 
     def finish(self):
         for b in range(len(self.todo)):
             self.ensure(b)
 
 
-def _take(A, b, k_b, touched, lazy):
-    """Top-k_b of block b, about to leave this rank (logged with old = None:
-    the selected entries are not zeroed in A, see the module docstring)."""
-    idx, val = lazy.take(b, k_b) if lazy is not None else topk_abs(A[b], k_b)
-    if touched is not None:
-        touched.append((b, idx, None))
-    return idx, val
+def _runs(bs, lazy):
+    """Split the block list bs into runs (b0, s) of consecutive blocks that one
+    batched selection can take (for a LazySum: all fusable or none)."""
+    runs = []
+    for b in bs:
+        kind = lazy.fusable(b) if lazy is not None else None
+        if runs and b == runs[-1][0] + runs[-1][1] and kind == runs[-1][2]:
+            runs[-1][1] += 1
+        else:
+            runs.append([b, 1, kind])
+    return [(b0, s) for b0, s, _ in runs]
 
 
-def _exchange(channel, xp, blocks, take, dest, src, k_b, dtype):
-    """Select the blocks one by one and send them as one packed message
+def _take(A, bs, k_b, touched, lazy):
+    """Top-k_b of the blocks bs, about to leave this rank, as (block, idx,
+    val) in order: one batched launch per run of consecutive blocks, each
+    run's selections given out before the next run is selected (so their
+    copies to the host message overlap it). Logged with old = None: the
+    selected entries are not zeroed in A, see the module docstring."""
+    for b0, s in _runs(bs, lazy):
+        if lazy is not None:
+            idx, val = lazy.take_run(b0, s, k_b)
+        else:
+            idx, val = topk_abs_blocks(A[b0:b0 + s].reshape(-1), s, k_b)
+        for j, (bi, bv) in enumerate(zip(idx, val)):
+            if touched is not None:
+                touched.append((b0 + j, bi, None))
+            yield b0 + j, bi, bv
+
+
+def _exchange(channel, xp, m, selected, dest, src, k_b, dtype):
+    """Send the m selections of `selected` as one packed message
     (kernels/packing.py's layout: every index, then every value), receive
     as many blocks. Each selection is copied into the host message as soon
-    as it is made (backend.StagedMessage): on the GPU that copy runs while
-    the next block is selected, and MPI reads the pinned message directly."""
-    m, s = len(blocks), dtype.itemsize
+    as it is given (backend.StagedMessage): on the GPU that copy runs while
+    the next run of blocks is selected, and MPI reads the pinned message
+    directly."""
+    s = dtype.itemsize
     msg = StagedMessage(channel.backend, m * k_b * (4 + s), slot="srs")
-    for j, b in enumerate(blocks):
-        idx, val = take(b)
+    for j, (b, idx, val) in enumerate(selected):
         if idx.size != k_b:
             raise ValueError(f"block {b}: a selection of {idx.size} entries, not k_b = {k_b}")
         msg.put(4 * j * k_b, idx.astype(xp.int32, copy=False))
@@ -134,7 +165,7 @@ def spar_reduce_scatter(A, k_b, *, channel, batched=True, log=None, touched=None
         groups = [range(s)] if batched else [[j] for j in range(s)]
         for js in groups:
             blocks = [(dest + j) % P for j in js]
-            got, sent = _exchange(channel, xp, blocks, lambda b: _take(A, b, k_b, touched, lazy),
+            got, sent = _exchange(channel, xp, len(blocks), _take(A, blocks, k_b, touched, lazy),
                                   dest, src, k_b, A.dtype)
             if log is not None:
                 log.append(sent)

@@ -11,7 +11,7 @@ from mpidsgd.catalog import load_config
 from mpidsgd.comm import costmodel as cm
 from mpidsgd.comm.channel import Channel
 from mpidsgd.comm.spar_allgather import coalesce, next_h, pad_selection
-from mpidsgd.comm.spar_reduce_scatter import srs_schedule
+from mpidsgd.comm.spar_reduce_scatter import LazySum, _runs, _take, srs_schedule
 from mpidsgd.comm.spardl import SparDL
 from refs.spardl_ref import simulate
 
@@ -50,6 +50,29 @@ def test_srs_schedule_never_receives_a_block_after_sending_it(P):
         for out, arriving in srs_rounds(P, r):
             sent |= set(out)
             assert not sent & arriving
+
+
+def test_round_selection_is_batched_by_runs_and_equals_per_block():
+    # a round's blocks are consecutive mod P: one batched selection per run,
+    # split where the list wraps and where a block's gradient is already added
+    P, c, k = 6, 50, 7
+    rng = np.random.default_rng(0)
+    E, g = rng.standard_normal((P, c)), rng.standard_normal(P * c - 20)   # last block short
+    lazy = LazySum(E.copy(), g)
+    lazy.ensure(4)
+    assert _runs([3, 4, 5, 0, 1], lazy) == [(3, 1), (4, 2), (0, 2)]     # 4 added, 5 short
+    assert _runs([4, 5, 0], None) == [(4, 2), (0, 1)]
+    touched = []
+    sels = list(_take(lazy.A, [3, 4, 5, 0, 1], k, touched, lazy))
+    assert [b for b, _, _ in sels] == [3, 4, 5, 0, 1]
+    full = E.reshape(-1).copy()
+    full[:g.size] += g
+    for b, idx, val in sels:
+        want = np.sort(np.argsort(-np.abs(full[b * c:(b + 1) * c]), kind="stable")[:k])
+        assert np.array_equal(idx, want) and np.array_equal(val, full[b * c + want])
+        assert np.array_equal(lazy.A[b], full[b * c:(b + 1) * c])     # summed, not zeroed
+    assert [t[0] for t in touched] == [3, 4, 5, 0, 1]
+    assert lazy.todo == [False, False, True, False, False, False]
 
 
 def test_spardl_block_sizes_by_hand():
