@@ -73,3 +73,10 @@ def terminate_rank_mid_run(run, sets, n, rank):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     return proc.returncode, err
+
+
+def one_error_line(err):
+    """The single `mpidsgd: error: ...` line of a refused run's stderr."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mpidsgd: error: "), err[-3000:]
+    return lines[0]

@@ -8,9 +8,11 @@ import re
 import tempfile
 
 import numpy as np
+import pytest
 from mpi4py import MPI
 
-from mpidsgd import train
+from mpidsgd import config as C, train
+from mpidsgd.catalog import load_config, validate
 from mpidsgd.checkpoint.format import flatten, list_checkpoints
 from mpidsgd.topology import Topology
 from mpiutil import assert_all
@@ -119,3 +121,32 @@ def resume_matches(sub, base, name, sets, sizes_label):
     b = train_once(sub, b_out, sets, resume=ck)
     check_exact(sub, a_out, a, b_out, b, EVERY, f"{name} P={sub.size}")
     return a_out, a
+
+
+def sweep_sets(name):
+    """The algorithm's own defaults (no momentum: some algorithms refuse it)."""
+    return {"algo.name": name, "algo.momentum": 0.0}
+
+
+def world_for(name):
+    """The largest of 4, 2, 1 ranks the algorithm accepts with its defaults."""
+    items = {**BASE, **sweep_sets(name)}
+    cfg = load_config(None, [f"{k}={v}" for k, v in items.items()], base=train.QUICKSTART)
+    for P in (4, 2, 1):
+        try:
+            validate(cfg, P)
+            return P
+        except C.ConfigError:
+            continue
+    pytest.fail(f"{name} runs at none of 4, 2, 1 ranks with its defaults")
+
+
+def expect_exit2(sub, capsys, out, sets, resume, words):
+    with pytest.raises(SystemExit) as exc:
+        train_once(sub, out, sets, resume=resume)
+    err = capsys.readouterr().err.strip().splitlines()
+    if sub.rank == 0:
+        ok = exc.value.code == 2 and len(err) == 1 and all(w in err[0] for w in words)
+    else:
+        ok = exc.value.code == 2 and not err
+    assert_all(ok, f"expected one line with {words}, got {err} (code {exc.value.code})", comm=sub)
