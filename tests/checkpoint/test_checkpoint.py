@@ -88,7 +88,7 @@ def test_device_arrays_are_copied_to_the_host():
     assert np.array_equal(unpack(header, payload)["r"], host)
 
 
-def test_pack_unpack_and_refusals():
+def test_pack_unpack_round_trips_every_kind():
     flat = {f"k{i}": v for i, v in enumerate(VALUES)}
     header, payload = pack(flat)
     back = unpack(header, payload)
@@ -97,14 +97,20 @@ def test_pack_unpack_and_refusals():
             assert np.array_equal(back[k], v) and back[k].dtype == v.dtype
         else:
             assert type(back[k]) is type(v) and (back[k] == v or v is None)
+
+
+def test_encode_refuses_an_integer_beyond_int64():
     with pytest.raises(ValueError, match="int64"):
         encode(2**64)
+
+
+def test_encode_refuses_object_arrays():
     with pytest.raises(TypeError, match="object"):
         encode(np.array([{}], dtype=object))
 
 
 # -- info ------------------------------------------------------------------------------
-def test_info_prints_layout_attributes_and_checksum_verdict(trained, tmp_path, capsys):
+def test_info_prints_layout_and_attributes_of_a_valid_file(trained, capsys):
     path = os.path.join(trained, "checkpoints", "ckpt-10.h5")
     assert info(path) == 0
     out = capsys.readouterr().out
@@ -114,28 +120,47 @@ def test_info_prints_layout_attributes_and_checksum_verdict(trained, tmp_path, c
                  "verdict: valid, all "):
         assert text in out, text
     assert "CHECKSUM FAILED" not in out
+
+
+def test_info_names_the_damaged_dataset_and_exits_1(trained, tmp_path):
     bad = str(tmp_path / "ckpt-10.h5")
-    shutil.copy(path, bad)
+    shutil.copy(os.path.join(trained, "checkpoints", "ckpt-10.h5"), bad)
     damage(bad)
     r = subprocess.run([sys.executable, "-m", "mpidsgd.checkpoint", "info", bad],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert "/shared/params" in r.stdout and "CHECKSUM FAILED" in r.stdout
     assert "verdict: DAMAGED" in r.stdout
+
+
+def test_info_of_a_missing_file_exits_2(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "mpidsgd.checkpoint", "info",
-                              str(tmp_path / "nope.h5")], capture_output=True, text=True)
+                              str(tmp_path / "nope.h5")], capture_output=True, text=True,
+                             timeout=120)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-def test_file_holds_no_pickle_and_checksums_everywhere(trained):
+def test_every_dataset_is_numeric_no_pickle(trained):
+    with h5py.File(os.path.join(trained, "checkpoints", "ckpt-5.h5"), "r") as f:
+        def visit(name, obj):
+            if hasattr(obj, "dtype"):
+                assert obj.dtype.kind in "biuf", name
+        f.visititems(visit)
+
+
+def test_every_dataset_carries_a_checksum_that_verifies(trained):
     path = os.path.join(trained, "checkpoints", "ckpt-5.h5")
     attrs, datasets, problems = verify(path)
     assert not problems and datasets
     with h5py.File(path, "r") as f:
         def visit(name, obj):
             if hasattr(obj, "dtype"):
-                assert obj.fletcher32 and obj.dtype.kind in "biuf", name
+                assert obj.fletcher32, name
         f.visititems(visit)
+
+
+def test_a_file_holds_every_rank_and_its_step(trained):
+    with h5py.File(os.path.join(trained, "checkpoints", "ckpt-5.h5"), "r") as f:
         assert f.attrs["world_size"] == 2 and f.attrs["step"] == 5
         assert sorted(f["ranks"]) == ["0", "1"]
 
