@@ -6,7 +6,8 @@ from mpidsgd.bench.torch_ddp import median_record, round_robin, table
 
 def rec(method, step_ms, ranks=1):
     return {"model": "mlp", "ranks": ranks, "method": method, "steps": 100, "samples": 3200,
-            "step_ms": step_ms, "bytes_per_rank_per_step": 0.0, "test_accuracy": 0.5}
+            "step_ms": step_ms, "cpu_ms": step_ms / 2, "bytes_per_rank_per_step": 0.0,
+            "test_accuracy": 0.5}
 
 
 def test_every_repeat_runs_each_method_once_in_a_rotated_order():
@@ -19,6 +20,7 @@ def test_every_repeat_runs_each_method_once_in_a_rotated_order():
 def test_the_median_run_is_reported_with_every_run_beside_it():
     odd = median_record([rec("sgd", 3.0), rec("sgd", 1.0), rec("sgd", 9.0)])
     assert odd["step_ms"] == 3.0 and odd["step_ms_runs"] == [3.0, 1.0, 9.0]
+    assert odd["cpu_ms"] == 1.5
     assert odd["samples_per_s"] == 32 / 3.0e-3        # 3200 samples over 100 steps of 3 ms
     assert median_record([rec("sgd", 4.0), rec("sgd", 1.0), rec("sgd", 2.0),
                           rec("sgd", 8.0)])["step_ms"] == 3.0
@@ -31,5 +33,5 @@ def test_the_table_divides_by_the_builtin_bare_torch_and_ddp_medians():
     lines = table(rows).splitlines()
     sgd = [c.strip() for c in lines[3].split("|")[1:-1]]
     assert sgd[:5] == ["mlp", "1", "sgd", "53333", "0.60"]
-    assert sgd[6:9] == ["1.20x", "0.75x", "0.50x"]
+    assert sgd[6:10] == ["1.20x", "0.75x", "0.50x", "0.30"]
     assert [c.strip() for c in lines[-1].split("|")[1:-1]][6:9] == ["", "", ""]

@@ -15,8 +15,10 @@ data, batches, initial values and number of samples, one thread per rank:
 
 and the table gives samples/s over the timed steps, step time (the median of
 --repeat interleaved runs, and their range), each method's step time over the
-built-in mlp's, over torch-bare's and over DDP's, bytes sent per rank per
-step, and test accuracy after the same number of samples. Needs the torch extra.
+built-in mlp's, over torch-bare's and over DDP's, CPU time per step (the
+ranks' mean, median over the runs: on a shared machine the steadier figure),
+bytes sent per rank per step, and test accuracy after the same number of
+samples. Needs the torch extra.
 """
 from __future__ import annotations
 
@@ -94,8 +96,9 @@ def median_record(runs):
     every repeat's step time beside it."""
     rec = dict(runs[0], step_ms=median(r["step_ms"] for r in runs),
                step_ms_runs=[r["step_ms"] for r in runs])
-    if "fwd_bwd_ms" in rec:
-        rec["fwd_bwd_ms"] = median(r["fwd_bwd_ms"] for r in runs)
+    for key in ("cpu_ms", "fwd_bwd_ms"):
+        if key in rec:
+            rec[key] = median(r[key] for r in runs)
     rec["samples_per_s"] = rec["samples"] / rec["steps"] / (rec["step_ms"] / 1e3)
     return rec
 
@@ -115,13 +118,14 @@ def table(records) -> str:
 
     refs = [ref("builtin-sgd"), ref("torch-bare"), ref("ddp")]
     out = ["| model | ranks | method | samples/s | step ms | runs (ms) | vs built-in | vs torch-bare "
-           "| vs ddp | bytes/rank/step | test acc |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| vs ddp | cpu ms | bytes/rank/step | test acc |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         key = (r["model"], r["ranks"])
         runs = r.get("step_ms_runs", [r["step_ms"]])
         ratios = " | ".join(f"{r['step_ms'] / b[key]:.2f}x" if key in b else "" for b in refs)
+        cpu = f"{r['cpu_ms']:.2f}" if "cpu_ms" in r else ""
         out.append(f"| {r['model']} | {r['ranks']} | {r['method']} | {r['samples_per_s']:.0f} | "
-                   f"{r['step_ms']:.2f} | {min(runs):.2f}-{max(runs):.2f} | {ratios} | "
+                   f"{r['step_ms']:.2f} | {min(runs):.2f}-{max(runs):.2f} | {ratios} | {cpu} | "
                    f"{r['bytes_per_rank_per_step']:.0f} | {100 * r['test_accuracy']:.2f} % |")
     return "\n".join(out)
 
@@ -148,7 +152,7 @@ def run(args):
     for r in records:
         if "fwd_bwd_ms" in r:
             print(f"{r['model']} P={r['ranks']}: torch-bare's forward + backward alone "
-                  f"{r['fwd_bwd_ms']:.2f} ms per step")
+                  f"{r['fwd_bwd_ms']:.2f} CPU ms per step")
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
     return 0

@@ -11,8 +11,8 @@ others, and the line gives the median step time (and every run's).
 
 "torch-bare" is the plain PyTorch loop (forward, backward, torch.optim.SGD)
 with no mpidsgd and no communication: each rank trains alone. It measures
-PyTorch's own per-step cost, and its record adds `fwd_bwd_ms`, the forward
-and backward alone: the floor under any step through the adapter.
+PyTorch's own per-step cost, and its record adds `fwd_bwd_ms`, the CPU time
+of forward and backward alone: the floor under any step through the adapter.
 
 Bytes are booked with mpidsgd's allreduce rule (a ring: 2(P-1)/P of the
 payload per rank) for DDP too: plain DDP allreduces every gradient (its
@@ -80,15 +80,18 @@ def mean_over_ranks(x):
 
 
 def timed(step, n, warmup):
-    """Run `step` n times; seconds of the steps after the first `warmup`
-    (JIT compiles and first allocations), the slowest rank's."""
+    """Run `step` n times; (seconds, CPU seconds) of the steps after the first
+    `warmup` (JIT compiles and first allocations): the slowest rank's wall
+    time and the ranks' mean CPU time. On a shared machine the CPU time is
+    the steadier figure: time spent waiting for a core is not in it."""
     for _ in range(warmup):
         step()
     COMM.Barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n - warmup):
         step()
-    return COMM.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return COMM.allreduce(wall, op=MPI.MAX), mean_over_ranks(cpu)
 
 
 def run_mpidsgd(args, model_table, algo):
@@ -97,12 +100,12 @@ def run_mpidsgd(args, model_table, algo):
     ctx = build(job(args, model_table, algo), Topology())
     a, ch, data = ctx["algo"], ctx["channel"], ctx["data"]
     with ch.phase("train"):
-        dt = timed(lambda: a.step(data.train), a.total_steps, args.warmup)
+        dt, cpu = timed(lambda: a.step(data.train), a.total_steps, args.warmup)
         a.finish()
     acc = evaluate(ctx["model"], a.consensus_params(), data.test_X, data.test_y,
                    channel=ch, task=data.task)["test_accuracy"]
     nbytes = mean_over_ranks(ch.counters.bytes.get("train", 0.0)) / a.total_steps
-    return a.total_steps, dt, nbytes, acc, COMM.allreduce(a.samples), {}
+    return a.total_steps, dt, nbytes, acc, COMM.allreduce(a.samples), {"cpu": cpu}
 
 
 # -- PyTorch DDP ---------------------------------------------------------------------
@@ -183,20 +186,21 @@ def run_torch(args, kind):
     lr_at = schedule_from(cfg.algo, steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_at(t) / args.lr)
 
-    fwd_bwd = []      # seconds of forward + backward alone, per step
+    fwd_bwd = []      # CPU seconds of forward + backward alone, per step
 
     def step():
         X, y, _ = shard.next_batch()
         opt.zero_grad()
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         F.cross_entropy(net(torch.from_numpy(X)), torch.from_numpy(y)).backward()
-        fwd_bwd.append(time.perf_counter() - t0)
+        fwd_bwd.append(time.thread_time() - t0)
         opt.step()
         sched.step()
     net.train()
-    dt = timed(step, steps, args.warmup)
-    extra = {"fwd_bwd_ms": 1e3 * COMM.allreduce(sum(fwd_bwd[args.warmup:]), op=MPI.MAX)
-             / (steps - args.warmup)} if kind == "torch-bare" else {}
+    dt, cpu = timed(step, steps, args.warmup)
+    extra = {"cpu": cpu}
+    if kind == "torch-bare":
+        extra["fwd_bwd_ms"] = 1e3 * mean_over_ranks(sum(fwd_bwd[args.warmup:])) / (steps - args.warmup)
     if counter is not None:
         counter.close()
         payload = counter.nbytes / steps
@@ -224,8 +228,10 @@ def run_method(args, method):
     else:
         res = run_torch(args, method)
     steps, dt, nbytes, acc, samples, extra = res
+    timed_steps = steps - args.warmup
     return {"model": args.model, "ranks": COMM.size, "method": method, "steps": steps,
-            "samples": samples, "step_ms": 1e3 * dt / (steps - args.warmup),
+            "samples": samples, "step_ms": 1e3 * dt / timed_steps,
+            "cpu_ms": 1e3 * extra.pop("cpu") / timed_steps,
             "bytes_per_rank_per_step": nbytes, "test_accuracy": acc, **extra}
 
 
