@@ -7,13 +7,18 @@ data, batches, initial values and number of samples, one thread per rank:
 
     builtin-sgd            mpidsgd sgd on the built-in mlp (MLP only: the 1.2x target)
     sgd, spardl, palsgd    mpidsgd through the torch adapter (spardl at 1 % density)
+    torch-bare             plain PyTorch forward, backward, torch.optim.SGD; no
+                           communication, no mpidsgd (the per-op floor)
     ddp                    torch DistributedDataParallel over gloo (loopback only)
     ddp-fp16               DDP + fp16_compress_hook
     ddp-powersgd-1, -4     DDP + powerSGD_hook, matrix approximation rank 1 and 4
 
-and the table gives samples/s over the timed steps, step time, the adapter's
-sgd step time over the built-in mlp's, bytes sent per rank per step, and test
-accuracy after the same number of samples. Needs the torch extra.
+and the table gives samples/s over the timed steps, step time (the median of
+--repeat interleaved runs, and their range), each method's step time over the
+built-in mlp's, over torch-bare's and over DDP's, CPU time per step (the
+ranks' mean, median over the runs: on a shared machine the steadier figure),
+bytes sent per rank per step, and test accuracy after the same number of
+samples. Needs the torch extra.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ def register(sub):
                    help="training samples per run, all ranks (0: one epoch: mlp 65536, cnn 16384)")
     p.add_argument("--warmup", type=int, default=10, help="untimed first steps per run")
     p.add_argument("--repeat", type=int, default=1,
-                   help="runs per method, round-robin; the fastest is reported (noisy machines)")
+                   help="runs per method, interleaved round-robin; the median is reported")
     p.add_argument("--examples", default=str(Path(__file__).resolve().parents[2] / "examples"),
                    help="folder holding torch_models.py")
     p.add_argument("--out", default="runs/bench-torch", help="folder for the CNN's image files")
@@ -79,19 +84,49 @@ def launch(args, model, P):
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
+def median(xs):
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else 0.5 * (xs[mid - 1] + xs[mid])
+
+
+def median_record(runs):
+    """One record for a method's repeats: the median step time (and the
+    samples/s it gives; the median fwd_bwd_ms too where there is one),
+    every repeat's step time beside it."""
+    rec = dict(runs[0], step_ms=median(r["step_ms"] for r in runs),
+               step_ms_runs=[r["step_ms"] for r in runs])
+    for key in ("cpu_ms", "fwd_bwd_ms"):
+        if key in rec:
+            rec[key] = median(r[key] for r in runs)
+    rec["samples_per_s"] = rec["samples"] / rec["steps"] / (rec["step_ms"] / 1e3)
+    return rec
+
+
+def round_robin(methods, repeat):
+    """Per repeat every method once, the order rotated by one each repeat, so
+    load phases and each method's predecessor fall on all alike."""
+    for r in range(repeat):
+        k = r % len(methods)
+        yield from methods[k:] + methods[:k]
+
+
 def table(records) -> str:
-    """Markdown: one row per (model, ranks, method)."""
-    base = {(r["model"], r["ranks"]): r["step_ms"] for r in records if r["method"] == "builtin-sgd"}
-    ddp = {(r["model"], r["ranks"]): r["step_ms"] for r in records if r["method"] == "ddp"}
-    out = ["| model | ranks | method | samples/s | step ms | vs built-in | vs ddp | "
-           "bytes/rank/step | test acc |", "|---|---|---|---|---|---|---|---|---|"]
+    """Markdown: one row per (model, ranks, method); ratios are of median step times."""
+    def ref(method):
+        return {(r["model"], r["ranks"]): r["step_ms"] for r in records if r["method"] == method}
+
+    refs = [ref("builtin-sgd"), ref("torch-bare"), ref("ddp")]
+    out = ["| model | ranks | method | samples/s | step ms | runs (ms) | vs built-in | vs torch-bare "
+           "| vs ddp | cpu ms | bytes/rank/step | test acc |", "|---" * 12 + "|"]
     for r in records:
         key = (r["model"], r["ranks"])
-        rel = f"{r['step_ms'] / base[key]:.2f}x" if key in base else ""
-        vs = f"{r['step_ms'] / ddp[key]:.2f}x" if key in ddp else ""
+        runs = r.get("step_ms_runs", [r["step_ms"]])
+        ratios = " | ".join(f"{r['step_ms'] / b[key]:.2f}x" if key in b else "" for b in refs)
+        cpu = f"{r['cpu_ms']:.2f}" if "cpu_ms" in r else ""
         out.append(f"| {r['model']} | {r['ranks']} | {r['method']} | {r['samples_per_s']:.0f} | "
-                   f"{r['step_ms']:.2f} | {rel} | {vs} | {r['bytes_per_rank_per_step']:.0f} | "
-                   f"{100 * r['test_accuracy']:.2f} % |")
+                   f"{r['step_ms']:.2f} | {min(runs):.2f}-{max(runs):.2f} | {ratios} | {cpu} | "
+                   f"{r['bytes_per_rank_per_step']:.0f} | {100 * r['test_accuracy']:.2f} % |")
     return "\n".join(out)
 
 
@@ -114,6 +149,10 @@ def run(args):
                 print(json.dumps(r), flush=True)
             records += got
     print(table(records))
+    for r in records:
+        if "fwd_bwd_ms" in r:
+            print(f"{r['model']} P={r['ranks']}: torch-bare's forward + backward alone "
+                  f"{r['fwd_bwd_ms']:.2f} CPU ms per step")
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
     return 0

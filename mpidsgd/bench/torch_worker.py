@@ -6,6 +6,13 @@ in the same order), the same factory-built module with the same initial
 values (torch.manual_seed(seed)), batch, learning rate and heavy-ball
 momentum, and the same number of samples. Per method rank 0 prints one JSON
 line: step time, samples/s, bytes sent per rank per step, test accuracy.
+With --repeat R each method runs R times, interleaved round-robin with the
+others, and the line gives the median step time (and every run's).
+
+"torch-bare" is the plain PyTorch loop (forward, backward, torch.optim.SGD)
+with no mpidsgd and no communication: each rank trains alone. It measures
+PyTorch's own per-step cost, and its record adds `fwd_bwd_ms`, the CPU time
+of forward and backward alone: the floor under any step through the adapter.
 
 Bytes are booked with mpidsgd's allreduce rule (a ring: 2(P-1)/P of the
 payload per rank) for DDP too: plain DDP allreduces every gradient (its
@@ -28,6 +35,7 @@ import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from mpidsgd import config as C  # noqa: E402
+from mpidsgd.bench.torch_ddp import median_record, round_robin  # noqa: E402
 from mpidsgd.catalog import config_from_dict  # noqa: E402
 from mpidsgd.comm import costmodel as cm  # noqa: E402
 from mpidsgd.evaluate import evaluate  # noqa: E402
@@ -72,15 +80,18 @@ def mean_over_ranks(x):
 
 
 def timed(step, n, warmup):
-    """Run `step` n times; seconds of the steps after the first `warmup`
-    (JIT compiles and first allocations), the slowest rank's."""
+    """Run `step` n times; (seconds, CPU seconds) of the steps after the first
+    `warmup` (JIT compiles and first allocations): the slowest rank's wall
+    time and the ranks' mean CPU time. On a shared machine the CPU time is
+    the steadier figure: time spent waiting for a core is not in it."""
     for _ in range(warmup):
         step()
     COMM.Barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n - warmup):
         step()
-    return COMM.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return COMM.allreduce(wall, op=MPI.MAX), mean_over_ranks(cpu)
 
 
 def run_mpidsgd(args, model_table, algo):
@@ -89,12 +100,12 @@ def run_mpidsgd(args, model_table, algo):
     ctx = build(job(args, model_table, algo), Topology())
     a, ch, data = ctx["algo"], ctx["channel"], ctx["data"]
     with ch.phase("train"):
-        dt = timed(lambda: a.step(data.train), a.total_steps, args.warmup)
+        dt, cpu = timed(lambda: a.step(data.train), a.total_steps, args.warmup)
         a.finish()
     acc = evaluate(ctx["model"], a.consensus_params(), data.test_X, data.test_y,
                    channel=ch, task=data.task)["test_accuracy"]
     nbytes = mean_over_ranks(ch.counters.bytes.get("train", 0.0)) / a.total_steps
-    return a.total_steps, dt, nbytes, acc, COMM.allreduce(a.samples)
+    return a.total_steps, dt, nbytes, acc, COMM.allreduce(a.samples), {"cpu": cpu}
 
 
 # -- PyTorch DDP ---------------------------------------------------------------------
@@ -128,14 +139,18 @@ class AllreduceCounter:
         self.dist.all_reduce = self.orig
 
 
-def ddp_module(args, kind, shape):
-    """(DDP-wrapped module, optimizer, counter or None) for one DDP variant."""
+def torch_module(args, shape):
+    """The factory's module with the adapter's initial values."""
     import torch
+    from mpidsgd.models.torch_adapter import load_factory
+    torch.manual_seed(args.seed)
+    return load_factory(MODELS[args.model][0], args.examples)(shape, 10)
+
+
+def ddp_module(args, kind, module):
+    """(DDP-wrapped module, counter or None) for one DDP variant."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
     from torch.nn.parallel import DistributedDataParallel
-    from mpidsgd.models.torch_adapter import load_factory
-    torch.manual_seed(args.seed)             # the adapter's initial values
-    module = load_factory(MODELS[args.model][0], args.examples)(shape, 10)
     ddp = DistributedDataParallel(module)
     counter = None
     if kind == "ddp-fp16":
@@ -146,12 +161,14 @@ def ddp_module(args, kind, shape):
         state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=int(
             kind.rsplit("-", 1)[1]), start_powerSGD_iter=2, min_compression_rate=1.0)
         ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
-    opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9)
-    return ddp, opt, counter
+    return ddp, counter
 
 
-def run_ddp(args, kind):
-    """DDP on the very batches mpidsgd's shard hands out."""
+def run_torch(args, kind):
+    """A plain PyTorch loop on the very batches mpidsgd's shard hands out:
+    DDP (`kind` one of DDP) or, for "torch-bare", the bare module with no
+    communication at all (each rank trains alone: the per-op floor of
+    forward, backward and torch.optim.SGD, with no mpidsgd in the step)."""
     import torch
     import torch.nn.functional as F
     from mpidsgd.backend import Backend
@@ -159,31 +176,44 @@ def run_ddp(args, kind):
     from mpidsgd.data import load_data
     cfg = job(args, torch_table(args), {"name": "sgd"})
     data = load_data(cfg, Channel(COMM, backend=Backend()), Backend())
-    ddp, opt, counter = ddp_module(args, kind, tuple(data.input_shape))
+    net = module = torch_module(args, tuple(data.input_shape))
+    counter = None
+    if kind != "torch-bare":
+        net, counter = ddp_module(args, kind, module)
+    opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
     steps, shard = cfg.run.steps, data.train
     # mpidsgd's cosine schedule, value for value
     lr_at = schedule_from(cfg.algo, steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_at(t) / args.lr)
 
+    fwd_bwd = []      # CPU seconds of forward + backward alone, per step
+
     def step():
         X, y, _ = shard.next_batch()
         opt.zero_grad()
-        F.cross_entropy(ddp(torch.from_numpy(X)), torch.from_numpy(y)).backward()
+        t0 = time.thread_time()
+        F.cross_entropy(net(torch.from_numpy(X)), torch.from_numpy(y)).backward()
+        fwd_bwd.append(time.thread_time() - t0)
         opt.step()
         sched.step()
-    ddp.train()
-    dt = timed(step, steps, args.warmup)
+    net.train()
+    dt, cpu = timed(step, steps, args.warmup)
+    extra = {"cpu": cpu}
+    if kind == "torch-bare":
+        extra["fwd_bwd_ms"] = 1e3 * mean_over_ranks(sum(fwd_bwd[args.warmup:])) / (steps - args.warmup)
     if counter is not None:
         counter.close()
         payload = counter.nbytes / steps
     else:      # no hook: the reducer allreduces every gradient, all parameters
-        payload = sum(p.numel() * p.element_size() for p in ddp.parameters())
+        payload = sum(p.numel() * p.element_size() for p in net.parameters())
+    if kind == "torch-bare":
+        payload = 0.0
     nbytes = mean_over_ranks(cm.allreduce_booking(payload, COMM.size)[0] if COMM.size > 1 else 0.0)
-    ddp.eval()
-    with torch.no_grad():
-        pred = ddp.module(torch.from_numpy(data.test_X)).argmax(1).numpy()
+    module.eval()
+    with torch.inference_mode():
+        pred = module(torch.from_numpy(data.test_X)).argmax(1).numpy()
     acc = COMM.allreduce(float((pred == data.test_y).sum())) / COMM.allreduce(len(data.test_y))
-    return steps, dt, nbytes, acc, steps * args.batch * COMM.size
+    return steps, dt, nbytes, acc, steps * args.batch * COMM.size, extra
 
 
 def run_method(args, method):
@@ -196,18 +226,19 @@ def run_method(args, method):
     elif method in MPIDSGD:
         res = run_mpidsgd(args, torch_table(args), MPIDSGD[method])
     else:
-        res = run_ddp(args, method)
-    steps, dt, nbytes, acc, samples = res
+        res = run_torch(args, method)
+    steps, dt, nbytes, acc, samples, extra = res
+    timed_steps = steps - args.warmup
     return {"model": args.model, "ranks": COMM.size, "method": method, "steps": steps,
-            "samples": samples, "step_ms": 1e3 * dt / (steps - args.warmup),
-            "samples_per_s": samples * (steps - args.warmup) / steps / dt,
-            "bytes_per_rank_per_step": nbytes, "test_accuracy": acc}
+            "samples": samples, "step_ms": 1e3 * dt / timed_steps,
+            "cpu_ms": 1e3 * extra.pop("cpu") / timed_steps,
+            "bytes_per_rank_per_step": nbytes, "test_accuracy": acc, **extra}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mpidsgd.bench.torch_worker")
     p.add_argument("--model", choices=sorted(MODELS), default="mlp")
-    p.add_argument("--methods", default=",".join(["builtin-sgd", *MPIDSGD, *DDP]))
+    p.add_argument("--methods", default=",".join(["builtin-sgd", *MPIDSGD, "torch-bare", *DDP]))
     p.add_argument("--samples", type=int, default=0, help="training samples, all ranks (0: one epoch)")
     p.add_argument("--images", default="", help="cnn: the image files' prefix (PREFIX-train.npz)")
     p.add_argument("--batch", type=int, default=32)
@@ -215,24 +246,25 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=10, help="untimed first steps")
     p.add_argument("--examples", default="examples", help="folder of torch_models.py")
-    p.add_argument("--repeat", type=int, default=1, help="runs per method, round-robin; the fastest is kept")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs per method, interleaved round-robin; the median is reported")
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    gloo, best = False, {}
-    # round-robin repeats: every method sees the same machine-load phases;
-    # the fastest repeat is kept (a loaded machine only ever adds time)
-    for _ in range(args.repeat):
-        for method in args.methods.split(","):
-            if method in DDP and not gloo:
-                init_gloo()
-                gloo = True
-            rec = run_method(args, method)
-            if rec is not None and (method not in best or rec["step_ms"] < best[method]["step_ms"]):
-                best[method] = rec
+    torch.set_num_interop_threads(1)     # one thread per rank, inter-op pool too
+    gloo, runs = False, {}
+    for method in round_robin(args.methods.split(","), args.repeat):
+        if method in DDP and not gloo:
+            init_gloo()
+            gloo = True
+        rec = run_method(args, method)
+        if rec is not None:
+            rec["torch_threads"] = [torch.get_num_threads(), torch.get_num_interop_threads()]
+            runs.setdefault(method, []).append(rec)
     if COMM.rank == 0:
-        for rec in best.values():
-            print(json.dumps(rec), flush=True)
+        for method in args.methods.split(","):
+            if method in runs:
+                print(json.dumps(median_record(runs[method])), flush=True)
     if gloo:
         import torch.distributed as dist
         dist.destroy_process_group()

@@ -57,8 +57,12 @@ def test_parameters_gradients_and_buffers_share_the_algorithm_buffers():
     algo, model = ctx["algo"], ctx["model"]
     params = list(model.module.parameters())
     ptrs = [p.data_ptr() for p in params]
-    for _ in range(3):
+    algo.step(ctx["data"].train)
+    grad_ptrs = [p.grad.data_ptr() for p in params]
+    for _ in range(2):
         algo.step(ctx["data"].train)
+    # autograd accumulated into the views it was given; it never swapped in tensors of its own
+    assert [p.grad.data_ptr() for p in params] == grad_ptrs
     for p, name in zip(params, model.layout.names()):
         assert np.shares_memory(p.detach().numpy(), algo.params)
         assert np.shares_memory(p.grad.numpy(), algo.grad)
@@ -74,6 +78,26 @@ def test_parameters_gradients_and_buffers_share_the_algorithm_buffers():
     before = model.predict(algo.params, X).copy()
     algo.params[model.layout.slice("4.bias")] += np.array([1e6, 0, 0, 0])
     assert (model.predict(algo.params, X) == 0).all() and not (before == 0).all()
+
+
+def test_the_direct_backward_gives_what_loss_backward_gives():
+    """The adapter calls autograd's engine directly on the CPU (torch's
+    Python wrapper is a noticeable part of a small step). It must be taken
+    with the pinned torch, and give loss.backward()'s gradient bit for bit,
+    overwriting `grad` (stale values in it do not leak in)."""
+    ctx = build(job(torch_model("bn_mlp"), {"name": "sgd"}), Topology())
+    model, params = ctx["model"], ctx["algo"].params
+    assert model._backward.__name__ == "direct"
+    X, y, _ = ctx["data"].train.next_batch()
+    state = model.state.copy()
+    got = np.full_like(params, 7.0)
+    loss = model.loss_grad(params, X, y, got)
+    model.state[...] = state                  # BatchNorm statistics as they were
+    model._backward = lambda l: l.backward()
+    want = np.full_like(params, -3.0)
+    assert model.loss_grad(params, X, y, want) == loss
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(got).max() > 0
 
 
 @pytest.mark.parametrize("algo", [{"name": "sgd"}, {"name": "spardl", "density": 0.05}])
