@@ -10,8 +10,11 @@ acc back into residual, flag candidates) plus work on ~1.2 k candidates and k
 scattered zero stores; the CUDA kernel writes acc in the pass that builds the first digit's
 histogram and zeroes the selected entries in its compaction pass.
 
-If acc holds NaN or Inf, ValueError is raised; residual then already holds
-grad + residual (the step is lost either way: the loss is non-finite).
+If acc holds NaN or Inf, ValueError is raised and the step is lost (the
+loss is non-finite; the run stops and its checkpoints are kept). residual
+then holds grad + residual, except that on the CPU the candidates of the
+first pass (entries at or above its sampled bound, about 1.2 k of them)
+may already be zeroed: the CUDA kernels check before they zero anything.
 """
 import numpy as np
 
