@@ -16,8 +16,6 @@ The spardl algorithm (one 4-rank scenario, see tests/helpers/mpi_scenario.py,
 each claim a test on its observations): density 1 is sgd; parameters agree
 across ranks while residuals stay rank-local; resuming from a state_dict
 continues bit for bit."""
-import hashlib
-
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -26,7 +24,7 @@ from mpidsgd.comm import costmodel as cm
 from mpidsgd.comm.channel import Channel
 from mpidsgd.comm.spardl import SparDL
 from mpidsgd.comm.spar_reduce_scatter import srs_schedule
-from mpi_scenario import run_scenario
+from mpi_scenario import allclose_excess, rank_hashes, run_scenario
 from mpiutil import assert_all, sub_comms
 from refs.spardl_ref import simulate
 
@@ -194,16 +192,6 @@ def train(ctx, steps):
     return ctx["algo"]
 
 
-def hashes(a, comm):
-    """sha256 of every rank's array a (identical arrays, identical hashes)."""
-    return comm.allgather(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
-
-
-def excess(a, b, rtol):
-    """Largest |a - b| - rtol |b|: np.allclose(a, b, rtol, atol) iff <= atol."""
-    return float(np.max(np.abs(a - b) - rtol * np.abs(b)))
-
-
 def observe_sparse_run(comm, dense, teams, sag):
     """6 steps of spardl at density 0.05, and a run resumed from the
     state_dict at step 3, with every rank's figures."""
@@ -220,9 +208,9 @@ def observe_sparse_run(comm, dense, teams, sag):
         ctx["data"].train.next_batch()
     train(ctx, 3)
     E = a.sparse.residual()
-    return {"params": hashes(a.params, comm), "residual": hashes(E, comm),
+    return {"params": rank_hashes(a.params, comm), "residual": rank_hashes(E, comm),
             "residual_nonzeros": comm.allgather(int(np.count_nonzero(E))),
-            "excess_vs_dense": comm.allgather(excess(a.params, dense, 1e-5)),
+            "excess_vs_dense": comm.allgather(allclose_excess(a.params, dense, 1e-5)),
             "resume_params_diff": comm.allgather(float(np.max(np.abs(c.params - a.params)))),
             "resume_residual_diff": comm.allgather(float(np.max(np.abs(c.sparse.residual() - E)))),
             "h": comm.allgather([np.asarray(a.sparse.h).tolist(), np.asarray(c.sparse.h).tolist()])}
@@ -238,7 +226,7 @@ def observe_algorithm(tmp):
     dense = train(build(comm, "sgd", 4), 4).params.copy()
     full = train(build(comm, "spardl", 4, "algo.density=1.0"), 4)
     seen = {"density_one": {
-        "excess_vs_sgd": comm.allgather(excess(full.params, dense, 1e-12)),
+        "excess_vs_sgd": comm.allgather(allclose_excess(full.params, dense, 1e-12)),
         "residual_nonzeros": comm.allgather(int(np.count_nonzero(full.sparse.residual())))}}
     for name in SPARSE_RUNS:
         teams, sag = name.split("-")

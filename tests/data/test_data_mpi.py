@@ -21,7 +21,7 @@ from mpidsgd.comm.channel import Channel
 from mpidsgd.config import Config, ConfigError
 from mpidsgd.data import load_data, synthetic
 from mpidsgd.data.files import split_rows
-from mpi_scenario import run_scenario
+from mpi_scenario import allclose_excess, run_scenario
 from mpiutil import sub_comms
 
 COMM = MPI.COMM_WORLD
@@ -62,12 +62,6 @@ def diff(a, b):
     return float(np.max(np.abs(a - b), initial=0.0)) if a.shape == b.shape else None
 
 
-def excess(a, b, rtol):
-    """Largest |a - b| - rtol |b|: np.allclose(a, b, rtol, atol) iff <= atol."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return float(np.max(np.abs(a - b) - rtol * np.abs(b)))
-
-
 def observe_synthetic(sub, ch):
     """Raw, normalised and weak-scaling synthetic data on sub."""
     cfg = Config()
@@ -82,8 +76,8 @@ def observe_synthetic(sub, ch):
     cfg.data.normalize = True
     ds = load_data(cfg, ch, Backend())
     full, _ = synthetic.generate(cfg.data, 0, 0, 2111)
-    o["stats_excess"] = sub.allgather([excess(ds.mean, full.mean(0), 1e-12),
-                                       excess(ds.std, full.std(0), 1e-12)])
+    o["stats_excess"] = sub.allgather([allclose_excess(ds.mean, full.mean(0), 1e-12),
+                                       allclose_excess(ds.std, full.std(0), 1e-12)])
     o["train_bytes"] = sub.allgather(float(ch.counters.bytes.get("train", 0.0)))
     # weak scaling: samples_per_rank rows per rank
     cfg.data.samples_per_rank = 64
@@ -105,8 +99,8 @@ def observe_file(sub, ch, path, X, y, train_rows):
     rows = np.rint(ds.train.X[:, 0] * ds.std[0] + ds.mean[0]).astype(int)
     o["file_diff"] = sub.allgather({
         "labels": diff(ds.train.y, y[train_rows[ds.train.ids]]),
-        "mean": excess(ds.mean, Xtr.mean(0), 1e-12),
-        "std": excess(ds.std, np.where(Xtr.std(0) > 0, Xtr.std(0), 1.0), 1e-12),
+        "mean": allclose_excess(ds.mean, Xtr.mean(0), 1e-12),
+        "std": allclose_excess(ds.std, np.where(Xtr.std(0) > 0, Xtr.std(0), 1.0), 1e-12),
         "rows": diff(rows, train_rows[ds.train.ids])})
     if sub.size >= 2:
         ds = load_data(cfg, ch, Backend(), skip=1)

@@ -47,3 +47,21 @@ def run_scenario(module_file, function, nprocs, tmp_path_factory, timeout=300):
         f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     with open(out) as fh:
         return json.load(fh)
+
+
+# ---------------------------------------------------------------- observations
+
+def allclose_excess(a, b, rtol):
+    """Largest |a - b| - rtol |b| (NaN if any is NaN): np.allclose(a, b,
+    rtol, atol) holds exactly when this is <= atol, so a scenario records
+    one number and the test keeps the original tolerances."""
+    import numpy as np
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.max(np.abs(a - b) - rtol * np.abs(b), initial=-np.inf))
+
+
+def rank_hashes(a, comm):
+    """Every rank's sha256 of array a: equal arrays give equal hashes."""
+    import hashlib
+    import numpy as np
+    return comm.allgather(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
