@@ -1,99 +1,32 @@
 """gosgd under MPI: push-sum conservation, no lost or duplicated message,
-clean drain at any step counts, convergence of pure mixing, deterministic
-mode against a serial float64 simulation, checkpoint round trip.
+clean drain at any step counts, quiescing mid-run, convergence of pure
+mixing; the merge kernel compiled before the first step.
 
-One launch of 8 ranks tests every world size on sub-communicators. Every
-rank starts from a DIFFERENT x_i (with equal starts any merge weight would
-pass) and the mixing tests use lr = 0, so only gossip moves the models.
+One 8-rank launch (a scenario, see tests/helpers/mpi_scenario.py) tests every
+world size on sub-communicators and records raw figures; each claim is a
+serial test on them. Every rank starts from a DIFFERENT x_i (with equal
+starts any merge weight would pass) and the mixing runs use lr = 0, so only
+gossip moves the models. The deterministic mode against a serial
+simulation, the checkpoint round trip and the mailbox are in
+test_gossip_sim_mpi.py.
 """
-import copy
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpidsgd.catalog import config_from_dict
-from mpidsgd.algorithms import REGISTRY
 from mpidsgd.algorithms import gosgd
-from mpidsgd.algorithms.gosgd import push_schedule
-from mpidsgd.backend import Backend
-from mpidsgd.comm.channel import Channel
-from mpidsgd.comm.gossip import Mailbox
 from mpidsgd.kernels.cpu.mixing import _mix_par
-from mpidsgd.models import build_model
-from mpiutil import FakeDeviceArray, assert_all, sub_comms
-
-WORLD = MPI.COMM_WORLD
-D, K, B = 6, 3, 4          # features, classes, batch: softmax has (D+1)*K params
+from gossip_runs import WORLD, conservation, conserved, make, run_to_end
+from mpi_scenario import run_scenario
+from mpiutil import assert_all, sub_comms
 
 
-class FakeShard:
-    """Batches that depend only on (rank, batch number)."""
-
-    steps_per_epoch = 1000
-
-    def __init__(self, rank):
-        self.rank, self.k = rank, 0
-
-    def next_batch(self):
-        rng = np.random.default_rng([7, self.rank, self.k])
-        self.k += 1
-        return rng.normal(size=(B, D)), rng.integers(0, K, B), np.arange(B)
-
-
-def start(rank, n):
-    return np.random.default_rng([99, rank]).normal(size=n) * (1 + rank)
-
-
-def make(sub, *, steps=10, seed=0, dtype="float64", **algo):
-    """A gosgd instance on `sub`, rank-specific start x_i (float64 unless asked)."""
-    table = {"run": {"steps": steps, "seed": seed, "dtype": dtype},
-             "algo": {"name": "gosgd", "lr": 0.0, **algo}}
-    cfg = config_from_dict(table)
-    topo = SimpleNamespace(rank=sub.rank, size=sub.size, world=sub)   # cheap per run
-    backend = Backend("cpu")
-    ch = Channel(sub, backend=backend)
-    model = build_model("softmax", input_shape=(D,), n_outputs=K, dtype=dtype)
-    params = start(topo.rank, model.layout.size).astype(dtype)
-    algo = REGISTRY["gosgd"](cfg, topo, backend, model, params, ch)
-    shard = FakeShard(topo.rank)
-    algo.plan(shard)
-    return algo, shard, model
-
-
-def run_to_end(algo, shard):
-    while not algo.done():
-        algo.step(shard)
-    algo.finish()
-
-
-def check_conservation(algo, x0, sub, what):
-    """Σα = 1, Σα_i x_i = Σ x_i^0 / P, consensus = mean start, every push
-    received exactly once (sent_to matrix = transposed recv_from matrix)."""
-    P = sub.size
-    tot_a = sub.allreduce(algo.alpha)
-    wx = np.zeros_like(x0)
-    sub.Allreduce(algo.alpha * algo.params, wx)
-    mean0 = np.zeros_like(x0)
-    sub.Allreduce(x0 / P, mean0)
-    ok = abs(tot_a - 1.0) <= 1e-12
-    ok &= np.max(np.abs(wx - mean0)) <= 1e-10 * max(1.0, np.max(np.abs(mean0)))
-    ok &= np.max(np.abs(algo.consensus_params() - mean0)) <= 1e-10
-    if algo.box is not None:
-        S = np.array(sub.allgather(algo.box.sent_to))
-        R = np.array(sub.allgather(algo.box.recv_from))
-        ok &= np.array_equal(S, R.T) and np.all(np.diag(S) == 0)
-        ok &= S.sum() == sub.allreduce(algo.pushes) == sub.allreduce(algo.merged)
-    assert_all(ok, f"{what}: sum alpha {tot_a!r}, max dev {np.max(np.abs(wx - mean0))}", comm=sub)
-
-
-@pytest.mark.parallel(nprocs=8)
-def test_conservation_and_clean_drain_in_100_random_runs():
-    """P = 1..8, random p, max_outstanding and VERY different step counts per
-    rank (1..40), free-running: drain always terminates and nothing is lost."""
+def observe_random_runs():
+    """100 runs, P = 1..8, random p, max_outstanding and VERY different step
+    counts per rank (1..40), free-running; every fourth run shares one step
+    budget with one slow rank (the others take over its share)."""
     rng = np.random.default_rng(2024)
-    pushes = 0
+    runs = []
     for run in range(100):
         P = int(rng.integers(1, 9)) if run >= 8 else run + 1
         p = float(rng.uniform(0.05, 1.0))
@@ -105,175 +38,144 @@ def test_conservation_and_clean_drain_in_100_random_runs():
             algo, shard, _ = make(sub, steps=40, seed=run, p=p, max_outstanding=mo, budget=budget)
             if budget == "rank":
                 algo.total_steps = int(steps[sub.rank])
-            else:      # one slow rank: the others take over its share
+            else:
                 algo.compute_emu.factor = 1.0 + 30.0 * (sub.rank == P - 1)
                 algo.compute_emu.active = True
             x0 = algo.params.copy()
             run_to_end(algo, shard)
-            if budget == "rank":
-                assert_all(algo.step_count == steps[sub.rank], "step budget", comm=sub)
-            else:
-                total = sub.allreduce(algo.step_count)
-                assert_all(P * 40 <= total <= P * 40 + 40 * P * P, f"shared budget {total}",
-                           comm=sub)
-            check_conservation(algo, x0, sub, f"run {run} P={P} p={p:.2f} mo={mo}")
-            pushes += algo.pushes
+            runs.append({"tag": f"run {run} P={P} p={p:.2f} mo={mo}", "P": P, "budget": budget,
+                         "budgets": steps[:P].tolist(),
+                         "steps": sub.allgather(int(algo.step_count)),
+                         "conservation": conservation(algo, x0, sub)})
             sub.Free()
         WORLD.Barrier()
-    assert_all(WORLD.allreduce(pushes) > 500, "the runs exercised gossip")
+    return runs
 
 
-@pytest.mark.parallel(nprocs=8)
-def test_quiesce_mid_run_leaves_nothing_in_flight_and_training_goes_on():
+def observe_quiesce(sub):
+    """Ranks at different steps quiesce mid-run, then train to the end."""
+    algo, shard, _ = make(sub, steps=40, p=0.7, max_outstanding=2)
+    x0 = algo.params.copy()
+    for _ in range(15 + 3 * sub.rank):
+        algo.step(shard)
+    algo.quiesce()
+    state = algo.state_dict()
+    o = {"S": np.array(sub.allgather(state["local"]["sent_to"])).tolist(),
+         "R": np.array(sub.allgather(state["local"]["recv_from"])).tolist(),
+         "sum_alpha": float(sub.allreduce(float(state["local"]["alpha"])))}
+    run_to_end(algo, shard)
+    o["after"] = conservation(algo, x0, sub)
+    return o
+
+
+def observe_mixing(sub, det):
+    """lr = 0: the spread max_i |x_i - x̄| at the start, after 5 steps and
+    at step 400, and every rank's distance of its consensus to x̄."""
+    algo, shard, _ = make(sub, steps=400, p=1.0, deterministic=det, seed=3)
+    mean0 = np.zeros_like(algo.params)
+    sub.Allreduce(algo.params / sub.size, mean0)
+    spread = [sub.allreduce(np.max(np.abs(algo.params - mean0)), op=MPI.MAX)]
+    while not algo.done():
+        algo.step(shard)
+        if algo.step_count in (5, 400):
+            spread.append(sub.allreduce(np.max(np.abs(algo.params - mean0)), op=MPI.MAX))
+    algo.finish()
+    return {"spread": [float(x) for x in spread],
+            "cons_dev": sub.allgather(float(np.max(np.abs(algo.consensus_params() - mean0))))}
+
+
+def observe_gossip(tmp):
+    """Scenario on 8 ranks: the random runs, quiesce for P = 2, 5, 8, pure
+    mixing for P = 2, 3, 8 (lock step and free-running)."""
+    seen = {"runs": observe_random_runs(), "quiesce": {}, "mixing": {}}
     for P, sub in sub_comms([2, 5, 8]):
-        if sub == MPI.COMM_NULL:
-            continue
-        algo, shard, _ = make(sub, steps=40, p=0.7, max_outstanding=2)
-        x0 = algo.params.copy()
-        for _ in range(15 + 3 * sub.rank):      # ranks at different steps
-            algo.step(shard)
-        algo.quiesce()
-        state = algo.state_dict()
-        # quiescent: every push so far was merged, Σα = 1 exactly as stored
-        S = np.array(sub.allgather(state["local"]["sent_to"]))
-        R = np.array(sub.allgather(state["local"]["recv_from"]))
-        tot = sub.allreduce(float(state["local"]["alpha"]))
-        assert_all(np.array_equal(S, R.T) and abs(tot - 1) <= 1e-12, f"quiesce P={P}", comm=sub)
-        run_to_end(algo, shard)
-        check_conservation(algo, x0, sub, f"after quiesce P={P}")
-
-
-@pytest.mark.parallel(nprocs=8)
-def test_pure_mixing_converges_to_the_initial_average():
-    """lr = 0: the spread max_i |x_i - x̄| falls from its start to ~0, and
-    every rank ends at the exact initial average (push-sum is unbiased)."""
+        if sub != MPI.COMM_NULL:
+            seen["quiesce"][str(P)] = observe_quiesce(sub)
     for P, sub in sub_comms([2, 3, 8]):
-        if sub == MPI.COMM_NULL:
-            continue
-        for det in (True, False):
-            algo, shard, _ = make(sub, steps=400, p=1.0, deterministic=det, seed=3)
-            mean0 = np.zeros_like(algo.params)
-            sub.Allreduce(algo.params / P, mean0)
-            spread = [sub.allreduce(np.max(np.abs(algo.params - mean0)), op=MPI.MAX)]
-            while not algo.done():
-                algo.step(shard)
-                if algo.step_count in (5, 400):
-                    spread.append(sub.allreduce(np.max(np.abs(algo.params - mean0)), op=MPI.MAX))
-            algo.finish()
-            # lock step: mixing has begun after 5 steps and goes on to the
-            # end; free-running ranks mix as messages arrive, the drain merges
-            # the last ones
-            ok = spread[0] > 0.5 and (spread[1] < spread[0] or not det)
-            ok &= spread[2] < 1e-9 if det else spread[2] < 0.5 * spread[0]
-            ok &= np.max(np.abs(algo.consensus_params() - mean0)) < 1e-12
-            assert_all(ok, f"P={P} det={det} spread {spread}", comm=sub)
+        if sub != MPI.COMM_NULL:
+            for det in (True, False):
+                seen["mixing"][f"P{P}-det={det}"] = observe_mixing(sub, det)
+    return seen
 
 
-def simulate(P, T, p, seed, lr, momentum, model, shards, x0):
-    """Deterministic gosgd (docs/algorithms/gossip.md) in one process, float64: every rank
-    takes its SGD step, pushes as the shared schedule says (halving its
-    weight), then merges what was pushed to it, in source-rank order."""
-    x = [v.copy() for v in x0]
-    alpha = [1.0 / P] * P
-    vel = [np.zeros_like(v) for v in x0]
-    g = np.zeros_like(x0[0])
-    for t in range(T):
-        for i in range(P):
-            X, y, _ = shards[i].next_batch()
-            model.loss_grad(x[i], X, y, g)
-            vel[i] = momentum * vel[i] + g
-            x[i] = x[i] - lr * vel[i]
-        if P == 1:
-            continue
-        push, dest = push_schedule(seed, t, P, p)
-        sent = {}
-        for i in range(P):
-            if push[i]:
-                alpha[i] /= 2
-                sent[i] = (x[i].copy(), alpha[i])
-        for j in range(P):
-            for s in range(P):
-                if push[s] and dest[s] == j:
-                    xs, a = sent[s]
-                    w = a / (alpha[j] + a)
-                    x[j] += w * (xs - x[j])
-                    alpha[j] += a
-    return x, alpha
+@pytest.fixture(scope="module")
+def obs(tmp_path_factory):
+    return run_scenario(__file__, "observe_gossip", 8, tmp_path_factory)
 
 
-@pytest.mark.parallel(nprocs=8)
-def test_deterministic_mode_equals_serial_simulation_bit_for_bit():
-    T, p, lr, mom = 25, 0.6, 0.05, 0.9
-    for P, sub in sub_comms(range(1, 9)):
-        if sub == MPI.COMM_NULL:
-            continue
-        finals = []
-        for _ in range(2):                       # run to run: identical
-            algo, shard, model = make(sub, steps=T, p=p, deterministic=True, seed=11,
-                                      lr=lr, momentum=mom)
-            run_to_end(algo, shard)
-            finals.append((algo.params.copy(), algo.alpha, algo.consensus_params().copy()))
-        x0 = [start(r, model.layout.size) for r in range(P)]
-        xs, al = simulate(P, T, p, 11, lr, mom, model, [FakeShard(r) for r in range(P)], x0)
-        r = sub.rank
-        sim_cons = sum(a * v for a, v in zip(al, xs)) / sum(al)
-        ok = np.array_equal(finals[0][0], finals[1][0]) and finals[0][1] == finals[1][1]
-        ok &= np.array_equal(finals[0][0], xs[r]) and finals[0][1] == al[r]
-        ok &= np.allclose(finals[0][2], sim_cons, rtol=0, atol=1e-13)
-        ok &= P == 1 or algo.merged == algo.box.recv_from.sum()
-        ok &= algo.staleness == 0                # merged in the step it was pushed
-        assert_all(ok, f"P={P}: max diff {np.max(np.abs(finals[0][0] - xs[r]))}", comm=sub)
+def test_random_runs_cover_every_world_size_and_both_budgets(obs):
+    runs = obs["runs"]
+    assert len(runs) == 100 and {r["P"] for r in runs} == set(range(1, 9))
+    assert {r["budget"] for r in runs} == {"rank", "shared"}
 
 
-@pytest.mark.parallel(nprocs=8)
-def test_checkpoint_round_trip_continues_identically():
-    """Deterministic: quiesce + state_dict at step 9, a fresh instance loads
-    it and continues to step 20 with the same bits as an uninterrupted run."""
-    kw = dict(steps=20, p=0.5, deterministic=True, seed=5, lr=0.05, momentum=0.9)
-    for P, sub in sub_comms([1, 3, 8]):
-        if sub == MPI.COMM_NULL:
-            continue
-        ref, shard, _ = make(sub, **kw)
-        run_to_end(ref, shard)
-        a, shard, _ = make(sub, **kw)
-        for _ in range(9):
-            a.step(shard)
-        a.quiesce()
-        state = a.state_dict()
-        state = copy.deepcopy(state)      # nested sections (the optimizer's) copied too
-        b, _, _ = make(sub, **kw)
-        b.load_state_dict(state)
-        run_to_end(b, shard)                     # the shard's position carries on
-        ok = np.array_equal(b.params, ref.params) and b.alpha == ref.alpha
-        ok &= b.step_count == 20 and np.array_equal(b.consensus_params(), ref.consensus_params())
-        assert_all(ok, f"P={P}", comm=sub)
+def test_random_runs_drain_after_each_ranks_own_step_budget(obs):
+    for r in obs["runs"]:
+        if r["budget"] == "rank":
+            assert r["steps"] == r["budgets"], r["tag"]
 
 
-@pytest.mark.parallel(nprocs=8)
-def test_mailbox_payload_pairs_weight_and_step_and_stages_device_buffers():
-    """float32 payload: x, the exact float64 weight and the origin step arrive
-    together; a device-resident x takes the staging path."""
-    for P, sub in sub_comms([2]):
-        if sub == MPI.COMM_NULL:
-            continue
-        ch = Channel(sub, backend=Backend("cpu"))
-        box = Mailbox(ch, 5, np.float32, max_outstanding=2)
-        alpha = 1.0 / 3 * 2.0 ** -sub.rank              # not representable in float32
-        x = np.arange(5, dtype=np.float32) + 10 * sub.rank
-        got = []
-        if sub.rank == 0:
-            box.push(FakeDeviceArray(x), alpha, 77, 1, slot=0)
-            box.push(x + 1, alpha / 2, 78, 1, slot=1)
-        box.drain(lambda xs, a, s, src: got.append((xs.copy(), a, s, src)), final=True)
-        ok = True
-        if sub.rank == 1:
-            ok = len(got) == 2 and [g[2] for g in got] == [77, 78]
-            ok &= got[0][1] == 1.0 / 3 and got[1][1] == 1.0 / 6 and got[0][3] == 0
-            ok &= np.array_equal(got[0][0], np.arange(5, dtype=np.float32))
-            ok &= np.array_equal(got[1][0], np.arange(5, dtype=np.float32) + 1)
-        b, m = ch.counters.snapshot()
-        ok &= sub.rank == 1 or m["train"] >= 2
-        assert_all(ok, f"got {got}", comm=sub)
+def test_random_runs_with_a_shared_budget_take_it_over_together(obs):
+    for r in obs["runs"]:
+        if r["budget"] == "shared":
+            P, total = r["P"], sum(r["steps"])
+            assert P * 40 <= total <= P * 40 + 40 * P * P, f"{r['tag']}: shared budget {total}"
+
+
+def test_random_runs_keep_the_weights_summing_to_one(obs):
+    for r in obs["runs"]:
+        assert abs(r["conservation"]["sum_alpha"] - 1.0) <= 1e-12, r["tag"]
+
+
+def test_random_runs_keep_the_weighted_average_at_the_initial_average(obs):
+    for r in obs["runs"]:
+        c = r["conservation"]
+        assert c["dev"] <= 1e-10 * max(1.0, c["scale"]), r["tag"]
+        assert max(c["cons_dev"]) <= 1e-10, r["tag"]
+
+
+def test_random_runs_receive_every_push_exactly_once(obs):
+    for r in obs["runs"]:
+        c = r["conservation"]
+        if c["boxed"]:
+            S, R = np.array(c["S"]), np.array(c["R"])
+            assert np.array_equal(S, R.T) and np.all(np.diag(S) == 0), r["tag"]
+            assert S.sum() == c["pushes"] == c["merged"], r["tag"]
+
+
+def test_random_runs_exercised_gossip(obs):
+    assert sum(r["conservation"].get("pushes", 0) for r in obs["runs"]) > 500
+
+
+@pytest.mark.parametrize("P", ["2", "5", "8"])
+def test_quiesce_leaves_nothing_in_flight(obs, P):
+    # every push so far was merged, Σα = 1 exactly as stored
+    o = obs["quiesce"][P]
+    assert np.array_equal(np.array(o["S"]), np.array(o["R"]).T)
+    assert abs(o["sum_alpha"] - 1) <= 1e-12
+
+
+@pytest.mark.parametrize("P", ["2", "5", "8"])
+def test_training_after_quiesce_conserves_and_loses_nothing(obs, P):
+    assert conserved(obs["quiesce"][P]["after"]) == ""
+
+
+MIXING = [f"P{P}-det={det}" for P in (2, 3, 8) for det in (True, False)]
+
+
+@pytest.mark.parametrize("key", MIXING)
+def test_pure_mixing_shrinks_the_spread(obs, key):
+    # lock step: mixing has begun after 5 steps and goes on to the end;
+    # free-running ranks mix as messages arrive, the drain merges the last ones
+    s, det = obs["mixing"][key]["spread"], key.endswith("True")
+    assert s[0] > 0.5 and (s[1] < s[0] or not det)
+    assert s[2] < 1e-9 if det else s[2] < 0.5 * s[0]
+
+
+@pytest.mark.parametrize("key", MIXING)
+def test_pure_mixing_ends_at_the_initial_average(obs, key):
+    # push-sum is unbiased
+    assert max(obs["mixing"][key]["cons_dev"]) < 1e-12
 
 
 @pytest.mark.parallel(nprocs=2)

@@ -8,6 +8,9 @@ early or late diverges from the simulation), traffic booked = expected
 allreduces x the Rabenseifner booking rule, consensus = mean_k x_k; the
 equivalences H=1 localsgd = sgd, diloco(γ=1, μ=0) = localsgd, palsgd(p=0) =
 diloco; and bit-identical continuation from state_dict().
+
+The equivalences run as one scenario (see tests/helpers/mpi_scenario.py)
+recording every rank's step-by-step gaps; each equivalence is a serial test.
 """
 import copy
 import json
@@ -24,6 +27,7 @@ from mpidsgd.checkpoint.format import flatten
 from mpidsgd.topology import Topology
 from refs.local_sgd_ref import (build, close, expected_allreduces, make_cfg, problem, run_steps,
                            shards, simulate)
+from mpi_scenario import run_scenario
 from mpiutil import assert_all, sub_comms
 
 S = 17      # not a multiple of any H below: the run ends between two syncs
@@ -94,9 +98,18 @@ def test_matches_serial_simulation_for_P_1_to_5():
             assert_all(ok, f"{tag}: booked {b} {m}, expected {want} allreduces", comm=sub)
 
 
-@pytest.mark.parallel(nprocs=5)
-def test_presets_reduce_to_each_other_and_to_sgd():
+def gaps(a, b):
+    """Per step [max |u - v|, 1 + max |v|] of two trajectories: close(u, v,
+    tol) is gap <= tol * scale, bit-identical is gap == 0."""
+    return [[float(np.max(np.abs(np.asarray(u) - np.asarray(v)))),
+             1.0 + float(np.max(np.abs(np.asarray(v))))] for u, v in zip(a, b)]
+
+
+def observe_presets(tmp):
+    """Scenario on 5 ranks: for P = 1..5 every rank's step-by-step gaps
+    between presets that should coincide (and one pair that should not)."""
     X, y, model, x0 = problem()
+    seen = {}
     for P, sub in sub_comms(range(1, 6)):
         if sub == MPI.COMM_NULL:
             continue
@@ -107,31 +120,58 @@ def test_presets_reduce_to_each_other_and_to_sgd():
             xs = run_steps(algo, shards(X, y, P)[r], S)[0]
             algo.finish()        # no allreduce may stay in flight
             return xs
+        o = {"h1_vs_sgd": [gaps(traj(make_cfg("localsgd", S, H=1, **extra)),
+                                traj(make_cfg("sgd", S, **extra))) for extra in SGD_EXTRAS],
+             "h2_vs_sgd": gaps(traj(make_cfg("localsgd", S, H=2)), traj(make_cfg("sgd", S)))[-1:],
+             "diloco_vs_localsgd": [gaps(
+                 traj(make_cfg("diloco", S, H=3, warmup_steps=2, momentum=0.5, outer_lr=1.0,
+                               outer_momentum=0.0, **extra)),
+                 traj(make_cfg("localsgd", S, H=3, warmup_steps=2, momentum=0.5, **extra)))
+                 for extra in ({}, {"overlap": True})],
+             "palsgd_vs_diloco": gaps(
+                 traj(make_cfg("palsgd", S, H=3, p=0.0, momentum=0.5, optimizer="adamw")),
+                 traj(make_cfg("diloco", S, H=3, momentum=0.5, optimizer="adamw")))}
+        seen[str(P)] = {k: sub.allgather(v) for k, v in o.items()}
+    return seen
 
-        # H = 1 local SGD = synchronous SGD on averaged parameters; momentum
-        # too, as the mean of the local heavy-ball/Nesterov buffers is linear
-        ok = True
-        for extra in ({}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}):
-            a = traj(make_cfg("localsgd", S, H=1, **extra))
-            b = traj(make_cfg("sgd", S, **extra))
-            ok &= all(close(u, v) for u, v in zip(a, b))
-        # the comparison can fail: H = 2 is not SGD once ranks see different data
-        c = traj(make_cfg("localsgd", S, H=2))
-        d = traj(make_cfg("sgd", S))
-        ok &= P == 1 or not close(c[-1], d[-1], 1e-6)
-        assert_all(ok, f"P={P}: localsgd(H=1) vs sgd", comm=sub)
-        # DiLoCo with outer SGD lr 1, no momentum = local SGD (with overlap too)
-        for extra in ({}, {"overlap": True}):
-            a = traj(make_cfg("diloco", S, H=3, warmup_steps=2, momentum=0.5, outer_lr=1.0,
-                              outer_momentum=0.0, **extra))
-            b = traj(make_cfg("localsgd", S, H=3, warmup_steps=2, momentum=0.5, **extra))
-            ok = all(close(u, v) for u, v in zip(a, b))
-            assert_all(ok, f"P={P}: diloco(1, 0) vs localsgd {extra}", comm=sub)
-        # PALSGD with p = 0 is DiLoCo, bit for bit
-        a = traj(make_cfg("palsgd", S, H=3, p=0.0, momentum=0.5, optimizer="adamw"))
-        b = traj(make_cfg("diloco", S, H=3, momentum=0.5, optimizer="adamw"))
-        ok = all(np.array_equal(u, v) for u, v in zip(a, b))
-        assert_all(ok, f"P={P}: palsgd(p=0) vs diloco", comm=sub)
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory):
+    return run_scenario(__file__, "observe_presets", 5, tmp_path_factory)
+
+
+PS = [str(P) for P in range(1, 6)]
+SGD_EXTRAS = ({}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True})
+
+
+def all_close(per_rank, tol=1e-12):
+    """close() at every step on every rank, from the recorded gaps."""
+    return all(g <= tol * scale for steps in per_rank for g, scale in steps)
+
+
+@pytest.mark.parametrize("P", PS)
+def test_localsgd_with_H_1_is_sgd(presets, P):
+    # averaged parameters each step = synchronous SGD; momentum too, as the
+    # mean of the local heavy-ball/Nesterov buffers is linear
+    for i, extra in enumerate(SGD_EXTRAS):
+        assert all_close([rank[i] for rank in presets[P]["h1_vs_sgd"]]), f"{extra}"
+
+
+@pytest.mark.parametrize("P", PS[1:])
+def test_localsgd_with_H_2_is_not_sgd_once_ranks_see_different_data(presets, P):
+    # the comparison above can fail
+    assert not any(all_close([rank], 1e-6) for rank in presets[P]["h2_vs_sgd"])
+
+
+@pytest.mark.parametrize("P", PS)
+@pytest.mark.parametrize("overlap", [0, 1])
+def test_diloco_with_outer_lr_1_and_no_momentum_is_localsgd(presets, P, overlap):
+    assert all_close([rank[overlap] for rank in presets[P]["diloco_vs_localsgd"]])
+
+
+@pytest.mark.parametrize("P", PS)
+def test_palsgd_with_p_0_is_diloco_bit_for_bit(presets, P):
+    assert all(g == 0.0 for steps in presets[P]["palsgd_vs_diloco"] for g, _ in steps)
 
 
 RESUME_CASES = [

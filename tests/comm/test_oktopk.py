@@ -49,7 +49,7 @@ def test_oktopk_mean_scaled_from_measured_entries_meets_the_bound_at_ratio_1_and
                                       ((0.01, 32, 64, 0), "throttle")])
 def test_bad_options_name_the_key(args, key):
     assert check_oktopk(*args).startswith(f"{key}:")
-    sets = [f"algo.name='oktopk'", f"algo.density={args[0]}", f"algo.threshold_every={args[1]}",
+    sets = ["algo.name='oktopk'", f"algo.density={args[0]}", f"algo.threshold_every={args[1]}",
             f"algo.region_every={args[2]}", f"algo.throttle={args[3]}", "run.steps=1"]
     with pytest.raises(C.ConfigError, match=f"algo.{key}"):
         load_config(None, sets)
