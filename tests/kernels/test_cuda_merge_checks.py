@@ -10,15 +10,11 @@ few hundred entries already make many chunks, several blocks and a
 grid-stride loop. Device-to-host copies are counted by wrapping the
 simulator's copy_to_host: that is how "nothing is read back" is proved.
 """
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+from cudasim import SIM, prepare_simulator, run_in_simulator
+
 in_sim = pytest.mark.skipif(not SIM, reason="runs in the simulator subprocess")
 not_sim = pytest.mark.skipif(SIM, reason="runs in the main process")
 DTYPES = [np.float32, np.float64]
@@ -26,13 +22,7 @@ DTYPES = [np.float32, np.float64]
 
 @not_sim
 def test_in_simulator():
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "NUMBA_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__],
-        capture_output=True, text=True, env=env, timeout=600,
-        cwd=Path(__file__).resolve().parents[2])
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
-    assert " passed" in out.stdout and " failed" not in out.stdout
+    run_in_simulator(__file__, timeout=600)
 
 
 def _sel(rng, n, k, dtype, pad=0):
@@ -84,7 +74,7 @@ def checks_on():
 
 
 if SIM:
-    sys.setswitchinterval(5e-5)      # the simulator's barriers poll: switch often
+    prepare_simulator()
     import mpidsgd.kernels as K
     from mpidsgd.kernels.spardl_merge import coalesce_numpy, merge_sum_numpy
 

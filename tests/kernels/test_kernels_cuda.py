@@ -9,66 +9,23 @@ cover several blocks and tiles and sizes that are not multiples of either.
 On a machine with a GPU the same kernels also run for real, through CuPy
 arrays, in test_kernels.py.
 """
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+from cudasim import SIM, prepare_simulator, run_in_simulator
+
 in_sim = pytest.mark.skipif(not SIM, reason="runs in the simulator subprocess "
                             "(test_cuda_kernels_in_simulator)")
 
 
 @pytest.mark.skipif(SIM, reason="this is the simulator process")
 def test_cuda_kernels_in_simulator():
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "NUMBA_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__],
-        capture_output=True, text=True, env=env, timeout=900,
-        cwd=Path(__file__).resolve().parents[2])
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
-    assert " passed" in out.stdout and " failed" not in out.stdout
+    run_in_simulator(__file__, timeout=900)
 
-
-
-def _make_shared_allocation_atomic():
-    """The simulator gives a block's threads one shared array per source line
-    through an unlocked get-or-create, so two threads switched between the
-    get and the create get different arrays. Do the same under a lock."""
-    import threading
-    import traceback
-
-    from numba.cuda.simulator import kernelapi
-    from numba.core import types
-    from numba.np import numpy_support
-
-    lock = threading.Lock()
-    dynamic = kernelapi.FakeCUDAShared.array
-
-    def array(self, shape, dtype):
-        if shape == 0:
-            return dynamic(self, shape, dtype)
-        if isinstance(dtype, types.Type):
-            dtype = numpy_support.as_dtype(dtype)
-        caller = tuple(traceback.extract_stack(sys._getframe())[-2][0:2])
-        with lock:
-            res = self._allocations.get(caller)
-            if res is None:
-                res = self._allocations[caller] = np.empty(shape, dtype)
-        return res
-
-    kernelapi.FakeCUDAShared.array = array
 
 
 if SIM:
-    # the simulator's block manager busy-polls its threads at every barrier;
-    # a short GIL switch interval makes a barrier ~50x cheaper, and makes a
-    # race in the simulator's shared-array set-up likely: fix that first
-    _make_shared_allocation_atomic()
-    sys.setswitchinterval(5e-5)
+    prepare_simulator()
 
     import mpidsgd.kernels as K
     from kernel_oracles import (DTYPES, oracle_ef, oracle_mix, oracle_scatter,

@@ -7,63 +7,22 @@ numba.cuda is imported). The simulator runs one Python thread per GPU thread
 (16 per block, tiles of 128 keys): sizes stay tiny. `single_max` lowers the
 switch to the multi-block path so that it runs at these sizes too.
 """
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+from cudasim import SIM, prepare_simulator, run_in_simulator
+
 in_sim = pytest.mark.skipif(not SIM, reason="runs in the simulator subprocess")
 DTYPES = [np.float32, np.float64]
 
 
 @pytest.mark.skipif(SIM, reason="this is the simulator process")
 def test_device_select_in_simulator():
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "NUMBA_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__],
-        capture_output=True, text=True, env=env, timeout=600,
-        cwd=Path(__file__).resolve().parents[2])
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
-    assert " passed" in out.stdout and " failed" not in out.stdout
-
-
-def _atomic_shared_arrays():
-    """The simulator hands a block's threads one shared array per source line
-    through an unlocked get-or-create; do it under a lock (the same fix as
-    test_kernels_cuda.py: with the short switch interval below the race is
-    likely, and the select kernels use several shared arrays)."""
-    import threading
-    import traceback
-
-    from numba.core import types
-    from numba.cuda.simulator import kernelapi
-    from numba.np import numpy_support
-
-    lock = threading.Lock()
-    dynamic = kernelapi.FakeCUDAShared.array
-
-    def array(self, shape, dtype):
-        if shape == 0:
-            return dynamic(self, shape, dtype)
-        if isinstance(dtype, types.Type):
-            dtype = numpy_support.as_dtype(dtype)
-        caller = tuple(traceback.extract_stack(sys._getframe())[-2][0:2])
-        with lock:
-            res = self._allocations.get(caller)
-            if res is None:
-                res = self._allocations[caller] = np.empty(shape, dtype)
-        return res
-
-    kernelapi.FakeCUDAShared.array = array
+    run_in_simulator(__file__, timeout=600)
 
 
 if SIM:
-    _atomic_shared_arrays()
-    sys.setswitchinterval(5e-5)             # barriers busy-poll: switch often
+    prepare_simulator()
 
 
 # ---------------------------------------------------------------- oracles, inputs
