@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +58,56 @@ def make_shared_allocation_atomic():
     kernelapi.FakeCUDAShared.array = array
 
 
+def counted_module_swap():
+    """A context manager like the simulator's `swapped_cuda_module`, safe when
+    a block's threads enter and leave a device function at different times.
+
+    The simulator puts its fake `cuda` module into a function's globals on
+    entry and puts the saved value back on exit, once per thread. A thread
+    that enters while another thread's swap is in force saves the fake module,
+    and the first thread's exit puts the real module back under it: its next
+    `cuda.threadIdx` fails. Here the first thread in swaps and the last one
+    out restores, per globals dict."""
+    from numba import cuda
+
+    lock = threading.Lock()
+    held = {}               # id(globals) -> [threads inside, saved, fake in force]
+
+    @contextmanager
+    def swapped(fn, fake_cuda_module):
+        globs = fn.__globals__
+        with lock:
+            entry = held.get(id(globs))
+            if entry is None:
+                saved = {k: v for k, v in globs.items() if v is cuda}
+                entry = held[id(globs)] = [0, saved, None]
+            if entry[2] is not fake_cuda_module:
+                # a new launch (threads of a failed one may linger inside)
+                globs.update((k, fake_cuda_module) for k in entry[1])
+                entry[2] = fake_cuda_module
+            entry[0] += 1
+        try:
+            yield
+        finally:
+            with lock:
+                entry[0] -= 1
+                if entry[0] == 0:
+                    globs.update(entry[1])
+                    del held[id(globs)]
+
+    return swapped
+
+
+def make_module_swap_counted():
+    from numba.cuda.simulator import kernel, kernelapi
+    kernel.swapped_cuda_module = kernelapi.swapped_cuda_module = counted_module_swap()
+
+
 def prepare_simulator():
     """In the simulator process: the block manager busy-polls its threads at
     every barrier, and a short GIL switch interval makes a barrier ~50x
-    cheaper; it also makes the shared-array race likely, so that is fixed
-    first."""
+    cheaper; it also makes the simulator's two races likely (shared arrays,
+    module swaps), so those are fixed first."""
     make_shared_allocation_atomic()
+    make_module_swap_counted()
     sys.setswitchinterval(5e-5)
