@@ -104,6 +104,8 @@ class ModelConfig:
     l2: float = doc(0.0, "L2 regularisation strength (part of the loss)")
     factory: str = doc("", "torch: 'package.module:callable', called as factory(input_shape, n_outputs)")
     path: str = doc("", "torch: a folder searched first when importing model.factory")
+    backward: str = doc("auto", "torch: auto (a Sequential of Linear, ReLU, Tanh, Sigmoid, "
+                        "Flatten, Identity trains without autograd on the CPU) | autograd")
 
     def validate(self, catalog: Catalog):
         _check(self.name in catalog.models, "model.name",
@@ -254,6 +256,8 @@ def _check_torch(m):
     import importlib.util
     _check(importlib.util.find_spec("torch") is not None, "model.name",
            "= 'torch' needs PyTorch, which is not installed: pip install 'mpidsgd[torch]'")
+    _check(m.backward in ("auto", "autograd"), "model.backward",
+           f"must be auto | autograd, got {_clip(m.backward)}")
     mod, sep, attr = m.factory.partition(":")
     _check(bool(sep and mod and attr), "model.factory",
            f"must look like 'package.module:callable' for model.name = 'torch', got {m.factory!r}")

@@ -210,6 +210,7 @@ def run(cfg, ctx, topo, args):
             f"({model.layout.size} params), {data.n_train} training samples, "
             f"{algo.total_steps} steps")
     log.say(ctx["task_line"] if cfg.data.name == "file" else None)
+    log.say(getattr(model, "path_line", None))        # torch: direct path or autograd, and why
     log.say(f"mpidsgd: outputs in {out}" + (f", checkpoints in {ckpt.dir}" if ckpt else ""))
     stop_reason = None
 

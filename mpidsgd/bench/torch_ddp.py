@@ -6,7 +6,9 @@ inputs, both from examples/torch_models.py) and each world size, one
 data, batches, initial values and number of samples, one thread per rank:
 
     builtin-sgd            mpidsgd sgd on the built-in mlp (MLP only: the 1.2x target)
-    sgd, spardl, palsgd    mpidsgd through the torch adapter (spardl at 1 % density)
+    sgd, spardl, palsgd    mpidsgd through the torch adapter (spardl at 1 % density);
+                           the MLP takes the adapter's direct path (no autograd)
+    sgd-autograd           sgd through the adapter with model.backward = "autograd"
     torch-bare             plain PyTorch forward, backward, torch.optim.SGD; no
                            communication, no mpidsgd (the per-op floor)
     ddp                    torch DistributedDataParallel over gloo (loopback only)

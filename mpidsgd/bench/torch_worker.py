@@ -31,10 +31,8 @@ import os  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from mpidsgd import config as C  # noqa: E402
 from mpidsgd.bench.torch_ddp import median_record, round_robin  # noqa: E402
 from mpidsgd.catalog import config_from_dict  # noqa: E402
 from mpidsgd.comm import costmodel as cm  # noqa: E402
@@ -225,6 +223,8 @@ def run_method(args, method):
         res = run_mpidsgd(args, twin, MPIDSGD["sgd"])
     elif method in MPIDSGD:
         res = run_mpidsgd(args, torch_table(args), MPIDSGD[method])
+    elif method == "sgd-autograd":       # sgd with the direct path switched off
+        res = run_mpidsgd(args, {**torch_table(args), "backward": "autograd"}, MPIDSGD["sgd"])
     else:
         res = run_torch(args, method)
     steps, dt, nbytes, acc, samples, extra = res
@@ -238,7 +238,8 @@ def run_method(args, method):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mpidsgd.bench.torch_worker")
     p.add_argument("--model", choices=sorted(MODELS), default="mlp")
-    p.add_argument("--methods", default=",".join(["builtin-sgd", *MPIDSGD, "torch-bare", *DDP]))
+    p.add_argument("--methods", default=",".join(["builtin-sgd", "sgd", "sgd-autograd", "spardl",
+                                                  "palsgd", "torch-bare", *DDP]))
     p.add_argument("--samples", type=int, default=0, help="training samples, all ranks (0: one epoch)")
     p.add_argument("--images", default="", help="cnn: the image files' prefix (PREFIX-train.npz)")
     p.add_argument("--batch", type=int, default=32)

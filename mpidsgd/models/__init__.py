@@ -58,6 +58,7 @@ def model_for(cfg, data, xp) -> Model:
         from .torch_adapter import TorchModel
         return TorchModel(data.input_shape, data.n_outputs, factory=m.factory, loss=m.loss,
                           path=m.path, task=data.task, seed=cfg.run.seed, l2=m.l2,
+                          backward=m.backward,
                           dtype=cfg.run.dtype, xp=xp)
     return build_model(m.name, input_shape=data.input_shape, n_outputs=data.n_outputs,
                        hidden=tuple(m.hidden), channels=tuple(m.channels), kernel=m.kernel,

@@ -38,8 +38,10 @@ import numpy
 from ..config import ConfigError
 from ..flat import FlatLayout
 from .base import Model
+from .torch_direct import direct_plan
 
 LOSSES = {"cross_entropy": "classification", "mse": "regression"}
+BACKWARDS = ("auto", "autograd")
 CACHE = 8          # flat buffers whose tensor views are kept
 
 
@@ -117,8 +119,12 @@ class TorchModel(Model):
     stored_gradients = False
 
     def __init__(self, input_shape, n_outputs, *, factory, loss="cross_entropy", path="",
-                 task=None, seed=0, **kw):
+                 task=None, seed=0, backward="auto", **kw):
+        if backward not in BACKWARDS:
+            raise ConfigError(f"model.backward must be one of {' | '.join(BACKWARDS)}, "
+                              f"got {backward!r}")
         self.factory, self.loss_name, self.path = factory, loss, path
+        self.backward_mode = backward
         self.task_expected, self.seed = task, int(seed)
         super().__init__(input_shape, n_outputs, **kw)
 
@@ -138,7 +144,24 @@ class TorchModel(Model):
         self._loss_fn = (torch.nn.functional.cross_entropy if self.loss_name == "cross_entropy"
                          else self._mse)
         self._backward = fast_backward(torch, self.device, self.module)
+        self._direct, self.direct_reason = self._plan_direct(torch, module)
         self._bind(self._home)
+
+    @property
+    def path_line(self) -> str:
+        """The start-up line that says how training steps run."""
+        if self._direct is not None:
+            return "mpidsgd: torch model: training steps run without autograd (the direct path)"
+        return f"mpidsgd: torch model: training steps run through autograd ({self.direct_reason})"
+
+    def _plan_direct(self, torch, module):
+        """(plan, None) when training steps skip autograd (torch_direct.py),
+        else (None, why not)."""
+        if self.backward_mode == "autograd":
+            return None, "model.backward = 'autograd'"
+        if self.device.type != "cpu":
+            return None, "the direct path runs on the CPU only"
+        return direct_plan(torch, module, self._params)
 
     def _check_loss(self):
         """model.loss is known and fits the data task."""
@@ -275,6 +298,9 @@ class TorchModel(Model):
             with torch.inference_mode():
                 return self._loss_fn(self.module(Xt), yt).item()
         self._mode(True)
+        if self._direct is not None:     # writes every gradient slice: no zeroing
+            return self._direct.loss_grad(Xt, yt, self._views(self._pviews, params),
+                                          self._views(self._gviews, grad), self.loss_name)
         self._bind_grad(grad)
         grad.fill(0)                     # autograd adds into the views
         loss = self._loss_fn(self.module(Xt), yt)

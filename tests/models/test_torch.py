@@ -100,11 +100,15 @@ def test_the_direct_backward_gives_what_loss_backward_gives():
     assert np.abs(got).max() > 0
 
 
+@pytest.mark.parametrize("backward", ["auto", "autograd"])
 @pytest.mark.parametrize("algo", [{"name": "sgd"}, {"name": "spardl", "density": 0.05}])
-def test_torch_mlp_follows_the_builtin_mlp_trajectory(algo):
+def test_torch_mlp_follows_the_builtin_mlp_trajectory(algo, backward):
+    """Both training paths: without autograd (the twin is a Sequential of
+    Linear and ReLU) and through it."""
     from torch_factories import HIDDEN, SEED, to_torch_order
     ref = build(job({"name": "mlp", "hidden": list(HIDDEN)}, algo), Topology())
-    tor = build(job(torch_model("builtin_twin"), algo), Topology())
+    tor = build(job({**torch_model("builtin_twin"), "backward": backward}, algo), Topology())
+    assert (tor["model"]._direct is not None) == (backward == "auto")
     assert ref["algo"].cfg.run.seed == SEED
     perm = to_torch_order((12,), 4)
     a, b = ref["algo"], tor["algo"]

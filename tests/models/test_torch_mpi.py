@@ -172,6 +172,7 @@ BAD = [
     ({"data.task": '"regression"'}, "data.task = regression needs a regression model"),
     ({"model.factory": '"bn_mlp"'}, "model.factory must look like 'package.module:callable'"),
     ({"model.loss": '"hinge"'}, "model.loss must be cross_entropy or mse"),
+    ({"model.backward": '"fast"'}, "model.backward must be auto | autograd, got 'fast'"),
     ({"algo.name": '"svrg"'}, "algo.name = 'svrg' needs per-sample derivatives"),
     ({"algo.name": '"saga"'}, "algo.name = 'saga' needs per-sample derivatives"),
     ({"algo.name": '"centralvr"'}, "algo.name = 'centralvr' needs per-sample derivatives"),
