@@ -113,7 +113,7 @@ def _table(nn):
             nn.Flatten: Flatten, nn.Identity: lambda layer, index: Identity()}
 
 
-def _hooked(torch, m) -> bool:
+def _hooked(m) -> bool:
     return any(getattr(m, name, None) for name in (
         "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
 
@@ -180,7 +180,7 @@ def direct_plan(torch, module, params):
     index = {id(p): i for i, p in enumerate(params)}
     table, steps, owned = _table(nn), [], []
     for m in module.modules():
-        if _hooked(torch, m):
+        if _hooked(m):
             return None, f"{type(m).__name__} has hooks"
     for layer in _leaves(nn, module):
         make = table.get(type(layer))
