@@ -42,7 +42,7 @@ from .torch_direct import direct_plan
 
 LOSSES = {"cross_entropy": "classification", "mse": "regression"}
 BACKWARDS = ("auto", "autograd")
-CACHE = 8          # flat buffers whose tensor views are kept
+CACHE = 16         # entries of tensor views kept (two per buffer at most)
 
 
 def import_torch():
@@ -240,7 +240,11 @@ class TorchModel(Model):
         return self.torch.from_dlpack(a)
 
     def _views(self, cache, buf):
-        """Per-parameter tensor views of the flat `buf` (cached per buffer)."""
+        """Per-parameter tensor views of the flat `buf`, cached by its address
+        and, for the array object last handed in, by the object itself (cheaper)."""
+        hit = cache.get(id(buf))
+        if hit is not None and hit[0] is buf:
+            return hit[1]
         key = (buf.__array_interface__["data"][0] if self.xp is numpy else buf.data.ptr)
         views = cache.get(key)
         if views is None:
@@ -251,8 +255,9 @@ class TorchModel(Model):
                      ((self.layout.slice(n), s) for n, s, _ in self.layout.entries)]
             # the cache keeps `buf` alive, so its address names it alone
             cache[key] = views = (buf, views)
-            if len(cache) > CACHE:
-                cache.popitem(last=False)
+        cache[id(buf)] = (buf, views[1])       # alive too: the id is not reused
+        while len(cache) > CACHE:
+            cache.popitem(last=False)
         return views[1]
 
     def _bind(self, params):

@@ -4,7 +4,7 @@ On a small model PyTorch's eager autograd costs more than the arithmetic:
 recording the graph, running the engine, and a tensor per gradient that is
 then added into the flat gradient buffer. For a module that is an
 `nn.Sequential` (nested ones too) of the layer types below, and nothing else,
-the adapter runs the same operations itself under `torch.no_grad()`: the
+the adapter runs the same operations itself, recording no graph: the
 forward keeps what each layer's derivative needs, the backward calls the
 derivative operations autograd would call (`threshold_backward`,
 `tanh_backward`, `sigmoid_backward`, `nll_loss_backward`,
@@ -33,12 +33,14 @@ class Linear:
         self.w = index[id(layer.weight)]
         self.b = None if layer.bias is None else index[id(layer.bias)]
         self.n_in, self.n_out = layer.in_features, layer.out_features
+        self.P = self.Wt = None
 
     def forward(self, torch, x, P):
         self.shape = x.shape                   # (..., n_in): the leading dims are rows
         self.x = x = x.reshape(-1, self.n_in) if x.dim() != 2 else x
-        W = P[self.w]
-        y = torch.mm(x, W.t()) if self.b is None else torch.addmm(P[self.b], x, W.t())
+        if P is not self.P:                    # P is cached per buffer: so is Wᵀ
+            self.P, self.Wt = P, P[self.w].t()
+        y = torch.mm(x, self.Wt) if self.b is None else torch.addmm(P[self.b], x, self.Wt)
         return y if len(self.shape) == 2 else y.reshape(self.shape[:-1] + (self.n_out,))
 
     def backward(self, torch, dy, P, G, need_dx):
@@ -143,16 +145,15 @@ class DirectPlan:
 
     def loss_grad(self, X, y, P, G, loss_name):
         """The batch's mean loss (a float); every gradient written into G."""
-        torch = self.torch
-        with torch.no_grad():
-            out = X
-            for step in self.steps:
-                out = step.forward(torch, out, P)
-            loss, dout = (self._cross_entropy(out, y) if loss_name == "cross_entropy"
-                          else self._mse(out, y))
-            last = len(self.steps) - 1
-            for i in range(last, -1, -1):
-                dout = self.steps[i].backward(torch, dout, P, G, i > 0)
+        torch, out = self.torch, X
+        # no tensor here requires grad (the adapter makes X, y, P and G with
+        # from_numpy), so no graph is recorded without a no_grad() context
+        for step in self.steps:
+            out = step.forward(torch, out, P)
+        loss, dout = (self._cross_entropy(out, y) if loss_name == "cross_entropy"
+                      else self._mse(out, y))
+        for i in range(len(self.steps) - 1, -1, -1):
+            dout = self.steps[i].backward(torch, dout, P, G, i > 0)
         return loss
 
     def _cross_entropy(self, z, y):

@@ -170,3 +170,22 @@ def test_the_run_says_which_path_its_steps_take(tmp_path, capsys, factory, backw
     out = [s for s in capsys.readouterr().out.splitlines() if "torch model:" in s]
     assert out == [f"mpidsgd: torch model: {line}" if "without" in line
                    else f"mpidsgd: torch model: training steps run {line}"]
+
+
+def test_buffers_handed_in_turn_each_get_their_own_gradient():
+    """The tensor-view cache (by array object, then by address) never hands
+    one buffer's views to another: alternate two parameter vectors, a second
+    array object over the first one's memory, and more buffers than the
+    cache holds."""
+    name, shape, build_fn = stacks()[0]
+    model = model_for(build_fn, shape, "cross_entropy", "auto")
+    fresh = model_for(build_fn, shape, "cross_entropy", "auto")
+    rng = np.random.default_rng(4)
+    X, y = batch(shape, "cross_entropy", rng)
+    vecs = [model.zeros() + rng.standard_normal(model.layout.size) for _ in range(20)]
+    order = [0, 1, 0, 1] + list(range(20)) + [0, 1]
+    for i in order:
+        p = vecs[i] if i != 1 else vecs[1][:]            # a new array object each time
+        g, want = model.zeros(), fresh.zeros()
+        assert model.loss_grad(p, X, y, g) == fresh.loss_grad(vecs[i].copy(), X, y, want)
+        np.testing.assert_array_equal(g, want)
