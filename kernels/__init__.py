@@ -22,6 +22,7 @@ module, so there is no import loop.
     scatter_add(dst, idx, val)      dst[idx] += val (duplicates add; -1 skipped)
     pack(idx, val) -> buf, unpack(buf, k, dtype) -> (idx, val), packed_nbytes
     mix(x, other, w)                x += w * (other - x), in place
+    momentum_step(x, g, v, lr, mu)  SGD with momentum in place, one pass (wd, nesterov)
     merge_sum(ia, va, ib, vb)       -> (idx, sums)  union of two sorted selections
     coalesce([(idx, val), ...])     -> (idx, sums)  merge_sum over many, in list order
     restore_outside(dst, idx, old, keep)   dst[idx] = old except at keep (SparDL residual)
@@ -31,6 +32,7 @@ module, so there is no import loop.
 from .common import IMPLS, checks, set_checks
 from .ef import ef_select, ef_select_blocks
 from .mixing import mix
+from .optim import momentum_step
 from .packing import pack, packed_nbytes, unpack
 from .scatter import scatter_add
 from .spardl_merge import coalesce, merge_sum
@@ -38,5 +40,6 @@ from .spardl_residual import densify_blocks, restore_outside
 from .topk import threshold_select, topk_abs, topk_abs_blocks
 
 __all__ = ["IMPLS", "checks", "coalesce", "densify_blocks", "ef_select", "ef_select_blocks",
-           "merge_sum", "mix", "pack", "packed_nbytes", "restore_outside", "scatter_add",
+           "merge_sum", "mix", "momentum_step", "pack", "packed_nbytes", "restore_outside",
+           "scatter_add",
            "set_checks", "threshold_select", "topk_abs", "topk_abs_blocks", "unpack"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from .kernels import momentum_step
+
 
 # -- learning-rate schedules -----------------------------------------------------
 def schedule(kind: str, base_lr: float, *, total_steps: int, warmup: int = 0,
@@ -53,6 +55,9 @@ class SGD:
 
         d = g + wd * x ;  v = mu * v + d ;  step = d + mu * v (Nesterov) or v
         x -= lr * step
+
+    Momentum entries below the dtype's smallest normal number are flushed to
+    zero (kernels.momentum_step says why).
     """
 
     def __init__(self, n, dtype, xp, *, momentum=0.0, nesterov=False, weight_decay=0.0):
@@ -60,24 +65,21 @@ class SGD:
         self.xp = xp
         self.buf = xp.zeros(n, dtype) if momentum != 0.0 else None
         self.work = xp.empty(n, dtype)
+        if self.buf is not None:     # compile (or load) the kernel now, not in step 0
+            one = xp.zeros(1, dtype)
+            momentum_step(one, one.copy(), one.copy(), 0.0, momentum, wd=weight_decay,
+                          nesterov=nesterov, work=one.copy())
 
     def step(self, params, grad, lr):
+        if self.buf is not None:        # one pass on the CPU; see kernels/optim.py
+            momentum_step(params, grad, self.buf, lr, self.momentum, wd=self.weight_decay,
+                          nesterov=self.nesterov, work=self.work)
+            return
         d = grad
         if self.weight_decay:
             d = self.work
             self.xp.multiply(params, params.dtype.type(self.weight_decay), out=d)
             d += grad
-        if self.buf is not None:
-            mu = params.dtype.type(self.momentum)
-            self.buf *= mu
-            self.buf += d
-            if self.nesterov:
-                if d is not self.work:
-                    self.work[...] = d
-                    d = self.work
-                d += mu * self.buf
-            else:
-                d = self.buf
         params -= params.dtype.type(lr) * d
 
     def state_dict(self):

@@ -7,10 +7,12 @@ and a copy, so each time is also given in passes over memory:
     passes  = ms / (one read pass over the n-element input)
     GB/s    = useful bytes / time (topk_abs, topk_abs_blocks, threshold_select: n*s; ef_select:
               3n*s (read grad, residual; write residual); mix: 3n*s;
+              momentum_step: 5n*s (read g; read and write v, x);
               scatter_add: k*(4 + 3s); pack/unpack: 2k*(4 + s); s = value size)
     speedup = baseline ms / ms
 Baselines (CPU): np.argpartition(np.abs(x), n-k) for top-k, the plain NumPy
-composition for ef_select, threshold_select and mix, np.add.at for
+composition for ef_select, threshold_select, mix and momentum_step (the
+SGD update as NumPy array operations, without the subnormal flush), np.add.at for
 scatter_add, the NumPy reference for pack/unpack. GPU: cupy.argpartition and a
 full cupy.argsort for top-k, CuPy compositions, cupyx.scatter_add.
 topk_abs_blocks selects k/B in each of B = --blocks equal blocks of x (a
@@ -139,6 +141,8 @@ def _cases(K, xp, impl, x, res, idx, val, t, k, s, n, nb):
         ("pack", lambda: K.pack(idx, val, impl=impl), None, 2 * k * (4 + s)),
         ("unpack", lambda: K.unpack(buf, k, x.dtype, impl=impl), None, 2 * k * (4 + s)),
         ("mix", lambda: K.mix(d, x, 0.5, impl=impl), None, 3 * n * s),
+        ("momentum_step", lambda: K.momentum_step(d, x, r, 0.01, 0.9, impl=impl),
+         lambda: r.__setitem__(Ellipsis, res), 5 * n * s),
     ]
 
 
@@ -162,7 +166,15 @@ def _cpu_baselines(K, x, res, idx, val, t, k, n, nb):
         "pack": [("numpy", lambda: packing.pack_numpy(idx, val), None)],
         "unpack": [("numpy", lambda: packing.unpack_numpy(buf, k, x.dtype), None)],
         "mix": [("numpy", lambda: o.__iadd__(0.5 * (x - o)), None)],
+        "momentum_step": [("numpy", lambda: _numpy_momentum(o, x, r, 0.01, 0.9), keep)],
     }
+
+
+def _numpy_momentum(p, g, v, lr, mu):
+    f = p.dtype.type
+    v *= f(mu)
+    v += g
+    p -= f(lr) * v
 
 
 def _gpu_baselines(cp, x, res, idx, val, t, k, n, nb):
@@ -186,6 +198,7 @@ def _gpu_baselines(cp, x, res, idx, val, t, k, n, nb):
         "ef_select": [("cupy", ef, keep)],
         "scatter_add": [("cupyx.scatter_add", lambda: cupyx.scatter_add(d, idx, val), None)],
         "mix": [("cupy", lambda: o.__iadd__(0.5 * (x - o)), None)],
+        "momentum_step": [("cupy", lambda: _numpy_momentum(o, x, r, 0.01, 0.9), keep)],
     }
 
 
