@@ -7,7 +7,7 @@ in place.
 Every operation is rounded in x's dtype (the scalars are rounded to it
 first), with no fused multiply-add, so every implementation gives the same
 bits; the CPU kernel does it in one pass over the buffers where the NumPy
-reference makes five.
+reference makes several.
 
 Momentum entries smaller in magnitude than the dtype's smallest normal
 number (`tiny`: 1.2e-38 in float32) are set to zero (keeping their sign).

@@ -17,6 +17,9 @@ whatever flat buffer it is handed:
   slices. A buffer handed in before is re-pointed, not re-wrapped (a small
   cache of tensor views per buffer), so a step allocates and copies nothing
   besides what autograd itself needs;
+- a `nn.Sequential` of the layers torch_direct.py knows trains without
+  autograd on the CPU (the direct path: every gradient written straight into
+  its slice); `model.backward = "autograd"` turns that off;
 - floating non-parameter buffers (BatchNorm running mean and variance) live in
   one flat `state` array the module's buffers view; integer buffers
   (`num_batches_tracked`) stay in the module. Both are `state_dict()`:
